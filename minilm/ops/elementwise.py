@@ -1,0 +1,222 @@
+"""Elementwise ops.  Binary ops broadcast; their VJPs unbroadcast.
+
+Notation: g = ∂L/∂y is the incoming gradient, of y's shape; ⊙ is the
+elementwise product; every result ∂L/∂x is summed back to x's shape
+(`unbroadcast`) when x was broadcast.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import backend
+from ..function import Function, get_array_module, unbroadcast
+
+
+def _shape(x):
+    return getattr(x, "shape", ())
+
+
+class Add(Function):
+    """y = a + b        ∂L/∂a = g,  ∂L/∂b = g"""
+
+    def forward(ctx, a, b):
+        ctx.shapes = _shape(a), _shape(b)
+        return a + b
+
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        na, nb = ctx.needs_input_grad
+        return (unbroadcast(g, sa) if na else None,
+                unbroadcast(g, sb) if nb else None)
+
+
+class Sub(Function):
+    """y = a − b        ∂L/∂a = g,  ∂L/∂b = −g"""
+
+    def forward(ctx, a, b):
+        ctx.shapes = _shape(a), _shape(b)
+        return a - b
+
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        na, nb = ctx.needs_input_grad
+        return (unbroadcast(g, sa) if na else None,
+                unbroadcast(-g, sb) if nb else None)
+
+
+class Mul(Function):
+    """y = a ⊙ b        ∂L/∂a = g ⊙ b,  ∂L/∂b = g ⊙ a"""
+
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    def backward(ctx, g):
+        a, b = ctx.saved
+        na, nb = ctx.needs_input_grad
+        return (unbroadcast(g * b, _shape(a)) if na else None,
+                unbroadcast(g * a, _shape(b)) if nb else None)
+
+
+class Div(Function):
+    """y = a / b        ∂L/∂a = g / b,  ∂L/∂b = −g ⊙ a / b² = −g ⊙ y / b"""
+
+    def forward(ctx, a, b):
+        y = a / b
+        ctx.save_for_backward(a, b, y)
+        return y
+
+    def backward(ctx, g):
+        a, b, y = ctx.saved
+        na, nb = ctx.needs_input_grad
+        return (unbroadcast(g / b, _shape(a)) if na else None,
+                unbroadcast(-g * y / b, _shape(b)) if nb else None)
+
+
+class Pow(Function):
+    """y = aᵇ           ∂L/∂a = g ⊙ b aᵇ⁻¹,  ∂L/∂b = g ⊙ aᵇ ln a  (a > 0 where b needs grad)"""
+
+    def forward(ctx, a, b):
+        y = a ** b
+        ctx.save_for_backward(a, b, y)
+        return y
+
+    def backward(ctx, g):
+        a, b, y = ctx.saved
+        na, nb = ctx.needs_input_grad
+        da = db = None
+        if na:
+            da = unbroadcast(g * b * a ** (b - 1), _shape(a))
+        if nb:
+            xp = get_array_module(y)
+            db = unbroadcast(g * y * xp.log(a), _shape(b))
+        return da, db
+
+
+class Neg(Function):
+    """y = −x           ∂L/∂x = −g"""
+
+    def forward(ctx, x):
+        return -x
+
+    def backward(ctx, g):
+        return (-g,)
+
+
+class Exp(Function):
+    """y = eˣ            ∂L/∂x = g ⊙ y"""
+
+    def forward(ctx, x):
+        y = get_array_module(x).exp(x)
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        return (g * y,)
+
+
+class Log(Function):
+    """y = ln x          ∂L/∂x = g / x"""
+
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return get_array_module(x).log(x)
+
+    def backward(ctx, g):
+        (x,) = ctx.saved
+        return (g / x,)
+
+
+class Sqrt(Function):
+    """y = √x            ∂L/∂x = g / (2y)"""
+
+    def forward(ctx, x):
+        y = get_array_module(x).sqrt(x)
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        return (g / (2 * y),)
+
+
+class Tanh(Function):
+    """y = tanh x        ∂L/∂x = g ⊙ (1 − y²)"""
+
+    def forward(ctx, x):
+        y = get_array_module(x).tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        return (g * (1 - y * y),)
+
+
+class Sigmoid(Function):
+    """y = σ(x) = 1 / (1 + e⁻ˣ)      ∂L/∂x = g ⊙ y (1 − y)
+
+    Computed as ½(1 + tanh(x/2)), which never overflows.
+    """
+
+    def forward(ctx, x):
+        xp = get_array_module(x)
+        y = 0.5 * (1 + xp.tanh(0.5 * x))
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        return (g * y * (1 - y),)
+
+
+class ReLU(Function):
+    """y = max(x, 0)     ∂L/∂x = g ⊙ [x > 0]   (0 at the kink x = 0, as PyTorch)"""
+
+    def forward(ctx, x):
+        xp = get_array_module(x)
+        y = xp.maximum(x, 0)
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        return (g * (y > 0),)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+class GELU(Function):
+    """Gaussian error linear unit, exact or with GPT-2's tanh approximation.
+
+    exact:  y = x Φ(x),  Φ(x) = ½(1 + erf(x/√2))
+            ∂L/∂x = g ⊙ (Φ(x) + x φ(x)),  φ(x) = e^{−x²/2} / √(2π)
+    tanh:   y = ½ x (1 + t),  t = tanh(u),  u = √(2/π) (x + 0.044715 x³)
+            ∂L/∂x = g ⊙ (½(1 + t) + ½ x (1 − t²) √(2/π) (1 + 3·0.044715 x²))
+    """
+
+    def forward(ctx, x, approximate="tanh"):
+        xp = get_array_module(x)
+        ctx.approximate = approximate
+        ctx.save_for_backward(x)
+        if approximate == "tanh":
+            t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
+            ctx.t = t
+            return 0.5 * x * (1 + t)
+        cdf = 0.5 * (1 + backend.erf(x * _INV_SQRT_2))
+        ctx.cdf = cdf
+        return x * cdf
+
+    def backward(ctx, g):
+        (x,) = ctx.saved
+        xp = get_array_module(x)
+        if ctx.approximate == "tanh":
+            t = ctx.t
+            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+            return (g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du),)
+        pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
+        return (g * (ctx.cdf + x * pdf),)

@@ -1,0 +1,185 @@
+"""Fused ops of neural networks: each is one node with a hand-derived VJP.
+
+Composing them from exp/sum/div would give the same numbers but store more
+arrays and walk more nodes; fusing them is also where numerical stability is
+decided (subtract the max before exp).
+"""
+from __future__ import annotations
+
+from .. import backend
+from ..function import Function, get_array_module
+from .reduce import _normalize_axis
+
+
+def _stable_softmax(x, axis):
+    xp = get_array_module(x)
+    m = x.max(axis=axis, keepdims=True)
+    e = xp.exp(x - xp.where(xp.isfinite(m), m, 0))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+class Softmax(Function):
+    """yᵢ = e^{xᵢ − m} / Σⱼ e^{xⱼ − m}   (m = maxⱼ xⱼ: the same value, no overflow)
+
+    ∂L/∂x = y ⊙ (g − Σⱼ gⱼ yⱼ)    (the Jacobian diag(y) − y yᵀ applied to g)
+    """
+
+    def forward(ctx, x, axis=-1):
+        ctx.axis = axis
+        y = _stable_softmax(x, axis)
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        return (y * (g - (g * y).sum(axis=ctx.axis, keepdims=True)),)
+
+
+class LogSoftmax(Function):
+    """yᵢ = xᵢ − log Σⱼ e^{xⱼ}  = (xᵢ − m) − log Σⱼ e^{xⱼ − m}
+
+    ∂L/∂x = g − softmax(x) ⊙ Σⱼ gⱼ
+    """
+
+    def forward(ctx, x, axis=-1):
+        xp = get_array_module(x)
+        ctx.axis = axis
+        m = x.max(axis=axis, keepdims=True)
+        shifted = x - xp.where(xp.isfinite(m), m, 0)
+        y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        ctx.save_for_backward(y)
+        return y
+
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        xp = get_array_module(y)
+        return (g - xp.exp(y) * g.sum(axis=ctx.axis, keepdims=True),)
+
+
+class LayerNorm(Function):
+    """Normalise over the last axis, then scale and shift (Ba et al. 2016).
+
+        μ = mean(x),  σ = √(var(x) + ε),  x̂ = (x − μ)/σ,  y = x̂ ⊙ w + b
+
+    With d the size of the last axis and ĝ = g ⊙ w:
+        ∂L/∂x = (ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂)) / σ
+        ∂L/∂w = Σ_rows g ⊙ x̂,      ∂L/∂b = Σ_rows g
+    (the two means remove the directions that μ and σ cancel out of x).
+    """
+
+    def forward(ctx, x, weight=None, bias=None, eps=1e-5):
+        mu = x.mean(axis=-1, keepdims=True)
+        xc = x - mu
+        var = (xc * xc).mean(axis=-1, keepdims=True)
+        inv_sigma = 1.0 / get_array_module(x).sqrt(var + eps)
+        xhat = xc * inv_sigma
+        ctx.save_for_backward(xhat, inv_sigma, weight)
+        y = xhat
+        if weight is not None:
+            y = y * weight
+        if bias is not None:
+            y = y + bias
+        return y
+
+    def backward(ctx, g):
+        xhat, inv_sigma, weight = ctx.saved
+        nx, nw, nb = ctx.needs_input_grad
+        rows = tuple(range(g.ndim - 1))
+        dx = dw = db = None
+        if nx:
+            gh = g * weight if weight is not None else g
+            dx = (gh - gh.mean(axis=-1, keepdims=True)
+                  - xhat * (gh * xhat).mean(axis=-1, keepdims=True)) * inv_sigma
+        if nw:
+            dw = (g * xhat).sum(axis=rows)
+        if nb:
+            db = g.sum(axis=rows)
+        return dx, dw, db
+
+
+class Dropout(Function):
+    """y = x ⊙ m / (1 − p),  mᵢ ~ Bernoulli(1 − p)     ∂L/∂x = g ⊙ m / (1 − p)
+
+    Dividing by 1 − p keeps E[y] = x, so nothing changes at evaluation time.
+    """
+
+    def forward(ctx, x, p, rng):
+        keep = rng.uniform(x.shape, x.dtype) >= p
+        scale = keep * (1.0 / (1.0 - p)) if p < 1 else keep * 0.0
+        scale = scale.astype(x.dtype)
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    def backward(ctx, g):
+        (scale,) = ctx.saved
+        return (g * scale,)
+
+
+class Embedding(Function):
+    """y[..., :] = W[ids[...], :]      (a row lookup: one-hot(ids) @ W without the one-hot)
+
+    ∂L/∂W = Σ over positions with ids = v of g  -- a scatter-add into row v;
+    ids get no gradient.
+    """
+
+    def forward(ctx, ids, weight):
+        ctx.save_for_backward(ids)
+        ctx.wshape, ctx.wdtype = weight.shape, weight.dtype
+        return weight[ids]  # (*ids.shape, d)
+
+    def backward(ctx, g):
+        (ids,) = ctx.saved
+        xp = get_array_module(g)
+        dW = xp.zeros(ctx.wshape, dtype=ctx.wdtype)
+        d = ctx.wshape[1]
+        backend.scatter_add(dW, ids.reshape(-1), g.reshape(-1, d))  # (N,) ids, (N, d) rows
+        return (None, dW)
+
+
+class CrossEntropy(Function):
+    """Mean (or sum) negative log-likelihood of integer targets under softmax(logits).
+
+    For one row z with target t:   ℓ = −log softmax(z)_t = logsumexp(z) − z_t
+        ∂ℓ/∂z = softmax(z) − onehot(t)
+    Rows whose target is ``ignore_index`` contribute nothing; with reduction
+    "mean" the sum is divided by the number of the other rows, n.  So
+        ∂L/∂z = g ⊙ (softmax(z) − onehot(t)) / n   on counted rows, 0 elsewhere.
+    """
+
+    def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
+        xp = get_array_module(logits)
+        C = logits.shape[-1]
+        z = logits.reshape(-1, C)                       # (..., C) -> (N, C)
+        t = targets.reshape(-1)                         # (...)    -> (N,)
+        valid = t != ignore_index
+        t_safe = xp.where(valid, t, 0)
+        m = z.max(axis=-1, keepdims=True)
+        shifted = z - m
+        lse = xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+        logp = shifted - lse                            # (N, C) log-softmax
+        rows = xp.arange(z.shape[0])
+        nll = -logp[rows, t_safe] * valid               # (N,)
+        ctx.save_for_backward(logp, t_safe, valid)
+        ctx.shape, ctx.reduction = logits.shape, reduction
+        if reduction == "none":
+            return nll.reshape(targets.shape)
+        if reduction == "sum":
+            return nll.sum()
+        count = valid.sum().astype(logits.dtype)
+        ctx.count = count
+        return nll.sum() / count  # 0/0 = nan when every target is ignored, as in PyTorch
+
+    def backward(ctx, g):
+        logp, t_safe, valid = ctx.saved
+        xp = get_array_module(logp)
+        dz = xp.exp(logp)                                # softmax, (N, C)
+        rows = xp.arange(dz.shape[0])
+        dz[rows, t_safe] -= 1
+        if ctx.reduction == "none":
+            w = g.reshape(-1) * valid                    # (...) -> (N,)
+        elif ctx.reduction == "sum":
+            w = g * valid
+        else:
+            w = g * valid / ctx.count
+        dz *= w.astype(dz.dtype)[:, None]
+        return (dz.reshape(ctx.shape), None)

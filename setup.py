@@ -1,0 +1,19 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="minilm",
+    version="0.1.0",
+    description="A from-scratch framework for how language models are pretrained and fine-tuned cheaply",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["minilm", "minilm.*"]),
+    python_requires=">=3.10",
+    install_requires=["numpy>=1.26", "numba>=0.59", "matplotlib>=3.7"],
+    extras_require={
+        "gpu": ["cupy-cuda12x>=13"],
+        # nbclient + ipykernel execute the lessons inside the test suite
+        "test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+        "lessons": ["jupyter"],
+    },
+    entry_points={"console_scripts": ["minilm=minilm.cli:main"]},
+)
