@@ -86,6 +86,8 @@ class StrictArray:
     T = property(lambda self: StrictArray(self._a.T))
 
     def __getattr__(self, name):  # methods: x.sum(), x.reshape(), x.astype() ...
+        if name.startswith("__"):  # __array_interface__ & co. would let NumPy read the host memory
+            raise AttributeError(name)
         attr = getattr(self._a, name)
         if callable(attr):
             return _StrictCallable(attr, f"ndarray.{name}")
@@ -272,7 +274,7 @@ def device_of(array) -> str:
     try:
         return _DEVICE_OF_TYPE[type(array)]
     except KeyError:
-        if isinstance(array, np.ndarray):  # subclasses such as np.memmap
+        if isinstance(array, (np.ndarray, np.generic)):  # np.memmap; scalars from 0-d math
             return "cpu"
         raise TypeError(f"{type(array).__name__} is not an array minilm knows") from None
 

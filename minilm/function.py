@@ -32,6 +32,7 @@ class Function:
     def release(ctx):
         """Free what the forward saved (called after backward unless retain_graph)."""
         ctx.__dict__.clear()  # saved arrays, parents: the graph behind this node goes
+        ctx.parents = ()
         ctx.freed = True
 
     @classmethod

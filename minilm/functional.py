@@ -185,10 +185,12 @@ def matmul(a, b):
         np.broadcast_shapes(sa[:-2], sb[:-2])
     except ValueError:
         raise ValueError(f"matmul: batch dimensions of shapes {sa} and {sb} do not broadcast") from None
-    if len(sa) == 1:
-        return reshape(matmul(reshape(a, (1,) + sa), b), _shape_of(b)[:-2] + _shape_of(b)[-1:])
-    if len(sb) == 1:
-        return reshape(matmul(a, reshape(b, sb + (1,))), sa[:-1])
+    if len(sa) == 1 and len(sb) == 1:  # a dot product: (1, k) @ (k, 1) -> ()
+        return reshape(MatMul.apply(reshape(a, (1,) + sa), reshape(b, sb + (1,))), ())
+    if len(sa) == 1:                    # (k,) @ (..., k, m) -> (..., m)
+        return reshape(MatMul.apply(reshape(a, (1,) + sa), b), sb[:-2] + sb[-1:])
+    if len(sb) == 1:                    # (..., n, k) @ (k,) -> (..., n)
+        return reshape(MatMul.apply(a, reshape(b, sb + (1,))), sa[:-1])
     return MatMul.apply(a, b)
 
 

@@ -77,6 +77,8 @@ class Tensor:
     __array_ufunc__ = None  # numpy defers to Tensor's reflected operators: ndarray + Tensor -> Tensor
 
     def __init__(self, data, requires_grad: bool = False):
+        if isinstance(data, np.generic):  # NumPy returns scalars from 0-d arithmetic
+            data = np.asarray(data)
         if not is_array(data):
             raise TypeError(f"Tensor() wraps a backend array; got {type(data).__name__} "
                             "(use minilm.tensor(data) to build one from Python data)")
@@ -232,6 +234,8 @@ class Tensor:
                 raise ValueError(f"backward(grad=...) got grad of shape {tuple(g.shape)} for a tensor of shape {self.shape}")
             if device_of(g) != self.device:
                 raise RuntimeError(f"backward(grad=...) got grad on {device_of(g)!r} for a tensor on {self.device!r}")
+            if g.dtype != self.dtype:
+                g = g.astype(self.dtype)
         _run_backward(self, g, retain_graph)
 
 
@@ -278,11 +282,15 @@ def _run_backward(root, g, retain_graph):
         if ctx is None:
             continue
         in_grads = ctx.backward(g)
-        if not isinstance(in_grads, tuple):
+        if isinstance(in_grads, list):
+            in_grads = tuple(in_grads)
+        elif not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
         for i, (p, pg) in enumerate(zip(ctx.parents, in_grads)):
             if pg is None or not isinstance(p, Tensor) or not p.requires_grad:
                 continue
+            if isinstance(pg, np.generic):  # 0-d NumPy math returns scalars
+                pg = np.asarray(pg)
             if pg.shape != p.data.shape:
                 raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of shape "
                                    f"{tuple(pg.shape)} for input {i} of shape {p.shape} (a bug in that op)")

@@ -166,8 +166,9 @@ class CrossEntropy(Function):
         if reduction == "sum":
             return nll.sum()
         count = valid.sum().astype(logits.dtype)
-        ctx.count = count
-        return nll.sum() / count  # 0/0 = nan when every target is ignored, as in PyTorch
+        ctx.count = xp.maximum(count, 1)
+        # every target ignored: 0/0 = nan, as in PyTorch (without NumPy's warning)
+        return xp.where(count > 0, nll.sum() / ctx.count, xp.nan).astype(logits.dtype)
 
     def backward(ctx, g):
         logp, t_safe, valid = ctx.saved

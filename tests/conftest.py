@@ -1,0 +1,35 @@
+"""Devices for the test suite.
+
+Every device-aware test is parametrized over DEVICES: "cpu", "strict" (NumPy
+arrays that refuse silent host conversion, so a stray ``np.`` call in an op
+fails here as it would on a GPU) and "cuda" (skipped with the reason where CuPy
+or a GPU is missing).  MINILM_TEST_DEVICES=cuda (comma-separated) narrows it.
+"""
+import os
+
+import pytest
+
+from minilm import backend
+
+ALL_DEVICES = ("cpu", "strict", "cuda")
+DEVICES = tuple(d.strip() for d in os.environ.get("MINILM_TEST_DEVICES", ",".join(ALL_DEVICES)).split(",") if d.strip())
+
+
+def _skip_reason(device):
+    if device != "cuda":
+        return None
+    if backend._cupy is None:
+        return "CuPy is not installed (pip install minilm[gpu])"
+    if not backend.cuda_available():
+        return "CuPy is installed but sees no GPU"
+    return None
+
+
+DEVICE_PARAMS = [pytest.param(d, id=d, marks=pytest.mark.skipif(_skip_reason(d) is not None,
+                                                              reason=_skip_reason(d) or ""))
+                 for d in DEVICES]
+
+
+@pytest.fixture(params=DEVICE_PARAMS)
+def device(request):
+    return request.param
