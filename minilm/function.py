@@ -17,6 +17,8 @@ needed, records the instance as the node that made the output: the instance
 from __future__ import annotations
 
 from .backend import device_of, get_array_module
+# minilm/__init__ imports tensor first, and tensor defines these before it imports the ops.
+from .tensor import Tensor, _state
 
 
 class Function:
@@ -37,36 +39,36 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **params):
-        from .tensor import Tensor, _state
-
-        ctx = cls()
+        ctx = cls.__new__(cls)
         ctx.freed = False
         ctx.saved = ()
-        arrays = []
-        needs = []
+        arrays, needs = [], []
         first = None
-        for i, x in enumerate(inputs):
+        for x in inputs:
             if isinstance(x, Tensor):
                 if first is None:
-                    first = (i, x)
-                elif x.device != first[1].device:
-                    j, y = first
-                    raise RuntimeError(
-                        f"{cls.__name__}: inputs are on different devices: input {j} "
-                        f"(shape {y.shape}) is on {y.device!r}, input {i} (shape {x.shape}) "
-                        f"is on {x.device!r}; move one with .to(device) first")
+                    first = x
+                elif type(x.data) is not type(first.data) and x.device != first.device:
+                    _device_error(cls, inputs, first, x)
                 arrays.append(x.data)
                 needs.append(x.requires_grad)
             else:
                 arrays.append(x)
                 needs.append(False)
-        requires_grad = _state.grad_enabled and any(needs)
+        requires_grad = _state.grad_enabled and True in needs
         ctx.needs_input_grad = tuple(needs) if requires_grad else (False,) * len(needs)
         out = ctx.forward(*arrays, **params)
         if requires_grad:
             ctx.parents = inputs
             return Tensor._make(out, True, ctx)
         return Tensor._make(out, False, None)
+
+
+def _device_error(cls, inputs, a, b):
+    i, j = next(k for k, t in enumerate(inputs) if t is a), next(k for k, t in enumerate(inputs) if t is b)
+    raise RuntimeError(
+        f"{cls.__name__}: inputs are on different devices: input {i} (shape {a.shape}) is on "
+        f"{a.device!r}, input {j} (shape {b.shape}) is on {b.device!r}; move one with .to(device) first")
 
 
 def unbroadcast(grad, shape):

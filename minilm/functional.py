@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from . import backend
+from .tensor import Tensor, default_generator  # defined before tensor.py imports this module
 from .ops.elementwise import GELU, Add, Div, Exp, Log, Mul, Neg, Pow, ReLU, Sigmoid, Sqrt, Sub, Tanh
 from .ops.matmul import MatMul
 from .ops.nn import CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, Softmax
@@ -32,11 +33,6 @@ __all__ = [
     "embedding", "dropout", "layer_norm", "cross_entropy",
     "to_device", "astype",
 ]
-
-
-def _Tensor():
-    from .tensor import Tensor
-    return Tensor
 
 
 def _shape_of(x):
@@ -181,10 +177,11 @@ def matmul(a, b):
     if sa[-1] != (sb[-2] if len(sb) > 1 else sb[0]):
         raise ValueError(f"matmul: shapes {sa} and {sb} do not line up: a has {sa[-1]} columns, "
                          f"b has {sb[-2] if len(sb) > 1 else sb[0]} rows")
-    try:
-        np.broadcast_shapes(sa[:-2], sb[:-2])
-    except ValueError:
-        raise ValueError(f"matmul: batch dimensions of shapes {sa} and {sb} do not broadcast") from None
+    if len(sa) > 2 and len(sb) > 2:
+        try:
+            np.broadcast_shapes(sa[:-2], sb[:-2])
+        except ValueError:
+            raise ValueError(f"matmul: batch dimensions of shapes {sa} and {sb} do not broadcast") from None
     if len(sa) == 1 and len(sb) == 1:  # a dot product: (1, k) @ (k, 1) -> ()
         return reshape(MatMul.apply(reshape(a, (1,) + sa), reshape(b, sb + (1,))), ())
     if len(sa) == 1:                    # (k,) @ (..., k, m) -> (..., m)
@@ -235,7 +232,6 @@ def broadcast_to(x, shape):
 
 
 def _index_part(p, xp):
-    Tensor = _Tensor()
     if isinstance(p, Tensor):
         return p.data
     if isinstance(p, list):
@@ -310,7 +306,6 @@ def split(x, indices_or_sections, axis: int = 0):
 
 
 def _bool_array(mask, like, name):
-    Tensor = _Tensor()
     arr = mask.data if isinstance(mask, Tensor) else mask
     if not backend.is_array(arr):
         arr = backend.xp_for(like.device).asarray(np.asarray(arr))
@@ -323,7 +318,6 @@ def _bool_array(mask, like, name):
 
 def where(cond, a, b):
     """cond ? a : b elementwise, broadcasting (cond gets no gradient)."""
-    Tensor = _Tensor()
     like = a if isinstance(a, Tensor) else b
     if not isinstance(like, Tensor):
         raise TypeError("where: a or b must be a Tensor")
@@ -352,7 +346,6 @@ def masked_fill(x, mask, value: float):
 # ---- neural-network functions -----------------------------------------------------------
 
 def _int_ids(ids, name, what):
-    Tensor = _Tensor()
     arr = ids.data if isinstance(ids, Tensor) else ids
     if not backend.is_array(arr):
         arr = np.asarray(arr)
@@ -389,7 +382,6 @@ def dropout(x, p: float = 0.5, training: bool = True, generator=None):
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    from .tensor import default_generator
     rng = (generator or default_generator).on(x.device)
     return Dropout.apply(x, p=float(p), rng=rng)
 

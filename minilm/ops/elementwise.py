@@ -199,7 +199,7 @@ class GELU(Function):
             ∂L/∂x = g ⊙ (½(1 + t) + ½ x (1 − t²) √(2/π) (1 + 3·0.044715 x²))
     """
 
-    def forward(ctx, x, approximate="tanh"):
+    def forward(ctx, x, approximate="none"):
         xp = get_array_module(x)
         ctx.approximate = approximate
         ctx.save_for_backward(x)
