@@ -8,7 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["minilm", "minilm.*"]),
     python_requires=">=3.10",
-    install_requires=["numpy>=1.26", "numba>=0.59", "matplotlib>=3.7"],
+    # safetensors: checkpoints as plain arrays + JSON, never pickle (loading cannot run code)
+    install_requires=["numpy>=1.26", "numba>=0.59", "matplotlib>=3.7", "safetensors>=0.4"],
     extras_require={
         "gpu": ["cupy-cuda12x>=13"],
         # nbclient + ipykernel execute the lessons inside the test suite
