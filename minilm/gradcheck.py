@@ -19,6 +19,9 @@ from . import backend
 from .tensor import Tensor, no_grad
 
 
+__all__ = ["gradcheck", "gradcheck_module", "GradcheckError"]
+
+
 class GradcheckError(AssertionError):
     """The analytic gradient disagrees with central differences."""
 
@@ -148,3 +151,25 @@ def _directions(fn, inputs, checked, y, xp, device, rng, eps, atol, rtol, n_dire
             n = v_dot_Ju(e)
             if not _close(a, n, atol, rtol):
                 _fail(i, idx, "", a, n, "(Jᵀv):")
+
+
+def gradcheck_module(module, inputs=(), fn=None, **kwargs) -> bool:
+    """gradcheck a Module with respect to its inputs *and* its trainable parameters.
+
+    The module must hold float64 parameters (``module.double()``).  ``fn``
+    maps the module's output to the tensor that is checked (default: the
+    output itself; use e.g. ``lambda out: out[1]`` for a (logits, loss) pair).
+    """
+    from .nn.module import functional_call
+
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    names, params = [n for n, _ in trainable], [p for _, p in trainable]
+    inputs = list(inputs)
+    n_in = len(inputs)
+    fn = fn or (lambda out: out)
+
+    def call(*tensors):
+        out = functional_call(module, dict(zip(names, tensors[n_in:])), *tensors[:n_in])
+        return fn(out)
+
+    return gradcheck(call, inputs + list(params), **kwargs)

@@ -367,6 +367,44 @@ def _sum_torch(x, axis, keepdims):
     return x.sum(dim=d, keepdim=keepdims) if d else x.clone()
 
 
+def _draw_attention(data):
+    rng = rng_of(data)
+    B, H = data.draw(st.integers(1, 2), label="B"), data.draw(st.integers(1, 2), label="H")
+    T, D = data.draw(st.integers(1, 4), label="T"), data.draw(st.integers(1, 3), label="D")
+    causal = data.draw(st.booleans(), label="causal")
+    n_prefix = data.draw(st.integers(0, 2), label="n_prefix")
+    S_tok = T + (data.draw(st.integers(0, 2), label="extra keys") if causal else data.draw(st.integers(-T + 1, 2)))
+    S = n_prefix + S_tok
+    arrays = [normal(rng, (B, H, T, D)), normal(rng, (B, H, S, D)), normal(rng, (B, H, S, D))]
+    diff = [True, True, True]
+    kw = {"causal": causal, "n_prefix": n_prefix}
+    if data.draw(st.booleans(), label="padding"):
+        pad = rng.random((B, S_tok)) < 0.4
+        pad[:, 0] = False          # every row keeps a visible key, so PyTorch gives no NaN
+        arrays.append(pad)
+        diff.append(False)
+    return Case(arrays, diff, kw)
+
+
+def _attention_fn(q, k, v, *pad, causal, n_prefix):
+    return F.scaled_dot_product_attention(q, k, v, causal=causal, n_prefix=n_prefix,
+                                          key_padding_mask=pad[0] if pad else None)
+
+
+def _attention_torch(q, k, v, *pad, causal, n_prefix):
+    """PyTorch's sdpa with the mask written out independently: True = may attend."""
+    T, S = q.shape[2], k.shape[2]
+    S_tok = S - n_prefix
+    t = np.arange(T)[:, None]
+    s = np.arange(S)[None, :]
+    allowed = (s < n_prefix) | ((not causal) | (s - n_prefix <= t + S_tok - T))   # (T, S)
+    allowed = np.broadcast_to(allowed, (q.shape[0], 1, T, S)).copy()
+    if pad:
+        p = pad[0].numpy()
+        allowed &= ~np.concatenate([np.zeros((p.shape[0], n_prefix), bool), p], axis=1)[:, None, None, :]
+    return tF().scaled_dot_product_attention(q, k, v, attn_mask=_torch().from_numpy(allowed))
+
+
 SPECS = [
     binary("add", lambda a, b: a + b),
     binary("sub", lambda a, b: a - b),
@@ -419,6 +457,7 @@ SPECS = [
          lambda x, *wb, eps: F.layer_norm(x, *wb, eps=eps),
          lambda x, *wb, eps: tF().layer_norm(x, x.shape[-1:], *wb, eps=eps)),
     Spec("cross_entropy", "cross_entropy", _draw_cross_entropy, F.cross_entropy, _cross_entropy_torch),
+    Spec("attention", "scaled_dot_product_attention", _draw_attention, _attention_fn, _attention_torch),
     Spec("to_device", "to_device", _draw_plain, _to_device_fn, lambda x, device: x * 2.0, needs_device=True),
     Spec("astype", "astype", _draw_plain, lambda x: F.astype(x, minilm.float64), lambda x: x.to(_torch().float64)),
 ]

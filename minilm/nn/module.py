@@ -184,14 +184,26 @@ class Module:
             p.requires_grad = True
         return self
 
-    def to(self, device: str):
-        """Move every parameter and buffer to ``device`` (in place; returns self)."""
-        backend.check_device(device)
+    def to(self, device: str | None = None, dtype=None):
+        """Move every parameter and buffer to ``device`` and/or cast the floating
+        ones to ``dtype`` (in place; returns self)."""
+        if device is not None:
+            backend.check_device(device)
         for t in list(self.parameters()) + [b for _, b in self.named_buffers()]:
-            t.data = backend.to_device(t.data, device)
-            if t._grad is not None:
-                t._grad = backend.to_device(t._grad, device)
+            if device is not None:
+                t.data = backend.to_device(t.data, device)
+                if t._grad is not None:
+                    t._grad = backend.to_device(t._grad, device)
+            if dtype is not None and t.dtype.kind == "f":
+                t.data = t.data.astype(dtype)
+                t._grad = None
         return self
+
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def float(self):
+        return self.to(dtype=np.float32)
 
     def apply(self, fn):
         for m in self.modules():
@@ -293,3 +305,27 @@ class ModuleDict(Module):
 
     def values(self):
         return list(self.children())
+
+
+def functional_call(module: Module, params: dict, *args, **kwargs):
+    """Call ``module(*args)`` with some of its parameters replaced by the tensors in
+    ``params`` (name -> Tensor), then put the originals back.  Lets a function of
+    the parameters be differentiated (or gradient-checked) from the outside."""
+    owners = {}
+    for mname, m in module.named_modules():
+        for attr, value in m._items():
+            if isinstance(value, Parameter):
+                owners.setdefault(f"{mname}.{attr}" if mname else attr, []).append((m, attr, value))
+    unknown = sorted(set(params) - set(owners))
+    if unknown:
+        raise KeyError(f"functional_call: {type(module).__name__} has no parameters {unknown}")
+    swapped = []
+    try:
+        for name, tensor in params.items():
+            for m, attr, original in owners[name]:
+                object.__setattr__(m, attr, tensor)
+                swapped.append((m, attr, original))
+        return module(*args, **kwargs)
+    finally:
+        for m, attr, original in swapped:
+            object.__setattr__(m, attr, original)

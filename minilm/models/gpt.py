@@ -1,0 +1,251 @@
+"""GPT: a decoder-only Transformer language model (§4.1, Eqs. G1–G4).
+
+    H⁰ = E_token(x) + E_pos(i) (+ E_seg(s))             G2
+    Hˡ = Block(Hˡ⁻¹),  l = 1..L                         G3
+         Block: H + Attn(LN(H)), then H + MLP(LN(H))    (pre-LayerNorm, as GPT-2)
+    P(x_t | x_<t) = softmax(h_{t−1} E_tokenᵀ)            G1: the head is the token embedding (tied)
+    L(θ) = −(1/N) Σ_t log P(x_t | x_<t)                 G4: minimised, the mean negative log-likelihood
+
+Parameter names and shapes are Hugging Face GPT-2's (``transformer.h.0.attn.
+c_attn.weight`` of shape (d, 3d), rows = inputs), so GPT-2 checkpoints in
+safetensors load directly (:func:`load_gpt2`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from .. import backend
+from .. import functional as F
+from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
+from ..nn import init
+from ..tensor import Generator, Tensor, arange
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65
+    block_size: int = 64          # the longest context the position table covers
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True             # biases in Linear and LayerNorm layers
+    n_segments: int = 0           # > 0 adds a segment embedding E_seg (G2; BERT-style)
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig: {name} must be positive, got {getattr(self, name)}")
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"GPTConfig: unknown fields {unknown}")
+        return cls(**d)
+
+
+class CausalSelfAttention(Module):
+    """Multi-head self-attention where token t sees tokens ≤ t.
+
+    q, k, v = H W_qkv (one fused (d, 3d) matrix, GPT-2's c_attn), split into
+    n_head heads of size d/n_head, attention per head, heads joined, then c_proj.
+    """
+
+    def __init__(self, config: GPTConfig, generator=None):
+        super().__init__()
+        d = config.n_embd
+        self.n_head = config.n_head
+        self.c_attn = Linear(d, 3 * d, bias=config.bias, generator=generator)
+        self.c_proj = Linear(d, d, bias=config.bias, generator=generator)
+        self.resid_dropout = Dropout(config.dropout)
+
+    def forward(self, x, n_prefix_kv=None):
+        B, T, C = x.shape
+        H = self.n_head
+        qkv = self.c_attn(x)                                       # (B, T, 3C)
+        q, k, v = F.split(qkv, 3, axis=2)                          # 3 × (B, T, C)
+        q = q.reshape(B, T, H, C // H).permute(0, 2, 1, 3)         # (B, H, T, hs)
+        k = k.reshape(B, T, H, C // H).permute(0, 2, 1, 3)         # (B, H, T, hs)
+        v = v.reshape(B, T, H, C // H).permute(0, 2, 1, 3)         # (B, H, T, hs)
+        n_prefix = 0
+        if n_prefix_kv is not None:                                # P1: learned keys/values in front
+            pk, pv = n_prefix_kv                                   # each (B, H, m, hs)
+            k, v = F.concat([pk, k], axis=2), F.concat([pv, v], axis=2)
+            n_prefix = pk.shape[2]
+        y = F.scaled_dot_product_attention(q, k, v, causal=True, n_prefix=n_prefix)  # (B, H, T, hs)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, C)                 # (B, T, H, hs) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(Module):
+    """H ↦ GELU(H W_fc + b_fc) W_proj + b_proj with a 4× wider hidden layer (GPT-2's tanh GELU)."""
+
+    def __init__(self, config: GPTConfig, generator=None):
+        super().__init__()
+        d = config.n_embd
+        self.c_fc = Linear(d, 4 * d, bias=config.bias, generator=generator)
+        self.c_proj = Linear(4 * d, d, bias=config.bias, generator=generator)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(Module):
+    """One Transformer layer of G3: Hˡ = Block(Hˡ⁻¹), pre-LayerNorm, two residual branches."""
+
+    def __init__(self, config: GPTConfig, generator=None):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config, generator)
+        self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config, generator)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(Module):
+    """A causal language model: ``logits, loss = model(idx, targets)``.
+
+    idx, targets: integer token ids of shape (B, T), T ≤ block_size.  logits
+    (B, T, vocab) score the next token at every position; loss is the mean
+    negative log-likelihood of ``targets`` (None without targets).
+    """
+
+    def __init__(self, config: GPTConfig, generator: Generator | None = None):
+        super().__init__()
+        self.config = config
+        c = config
+        self.transformer = ModuleDict(dict(
+            wte=Embedding(c.vocab_size, c.n_embd, generator=generator),      # E_token (also the head, G1)
+            wpe=Embedding(c.block_size, c.n_embd, generator=generator),      # E_pos
+            drop=Dropout(c.dropout),
+            h=ModuleList(Block(c, generator) for _ in range(c.n_layer)),
+            ln_f=LayerNorm(c.n_embd, eps=c.layer_norm_epsilon, bias=c.bias),
+        ))
+        if c.n_segments:
+            self.transformer.wse = Embedding(c.n_segments, c.n_embd, generator=generator)  # E_seg
+        self._init_weights(generator)
+
+    def _init_weights(self, generator):
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and each residual
+        projection scaled by 1/√(2L) so the residual stream's variance does not grow with depth."""
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                init.normal_(p, 0.0, 0.02 / math.sqrt(2 * self.config.n_layer), generator)
+            elif name.endswith(".weight") and p.ndim == 2:
+                init.normal_(p, 0.0, 0.02, generator)
+            elif name.endswith(".bias"):
+                init.zeros_(p)
+
+    @property
+    def device(self):
+        return self.transformer.wte.weight.device
+
+    def _check_ids(self, idx, what):
+        if not isinstance(idx, Tensor):
+            idx = Tensor(backend.to_device(np.asarray(idx), self.device))
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"GPT: {what} must be integer token ids, got dtype {idx.dtype}")
+        if idx.ndim != 2:
+            raise ValueError(f"GPT: {what} must have shape (batch, time), got {idx.shape}")
+        return idx
+
+    def forward(self, idx, targets=None, segments=None, prefix_kv=None):
+        """Logits (B, T, V) and the mean NLL of ``targets`` (G4), or None.
+
+        prefix_kv: optional per-layer (key, value) prefixes for Prefix-Tuning (P1).
+        """
+        c = self.config
+        idx = self._check_ids(idx, "idx")
+        B, T = idx.shape
+        if T > c.block_size:
+            raise ValueError(f"GPT: sequence length {T} exceeds block_size {c.block_size}; "
+                             f"crop the input to its last {c.block_size} tokens")
+        lo, hi = int(idx.data.min()), int(idx.data.max())
+        if lo < 0 or hi >= c.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"GPT: token id {bad} is outside the vocabulary [0, {c.vocab_size}) "
+                             "(was the input encoded with a different tokenizer?)")
+        tr = self.transformer
+        pos = arange(T, device=idx.device)
+        x = tr.wte(idx) + tr.wpe(pos)                     # G2: E_token(x_i) + E_pos(i), (B, T, d)
+        if c.n_segments:
+            if segments is None:
+                raise ValueError("GPT: this model has segment embeddings; pass segments= of shape (B, T)")
+            x = x + tr.wse(self._check_ids(segments, "segments"))   # + E_seg(s_i)
+        x = tr.drop(x)
+        for i, block in enumerate(tr.h):                  # G3: Hˡ = Transformer(Hˡ⁻¹)
+            if prefix_kv is None:
+                x = block(x)
+            else:
+                x = x + block.attn(block.ln_1(x), prefix_kv[i])
+                x = x + block.mlp(block.ln_2(x))
+        x = tr.ln_f(x)
+        logits = x @ tr.wte.weight.T                      # G1: h · E_tokenᵀ, (B, T, V)
+        loss = None
+        if targets is not None:
+            targets = self._check_ids(targets, "targets")
+            if targets.shape != (B, T):
+                raise ValueError(f"GPT: targets of shape {targets.shape} do not match idx of shape {(B, T)}")
+            loss = F.cross_entropy(logits, targets)       # G4: mean −log P(x_t | x_<t)
+        return logits, loss
+
+    def extra_repr(self):
+        c = self.config
+        return f"vocab={c.vocab_size}, block={c.block_size}, layers={c.n_layer}, heads={c.n_head}, d={c.n_embd}"
+
+
+# ---- GPT-2 checkpoints -------------------------------------------------------------------------
+
+def gpt2_config_from_hf(hf: dict) -> GPTConfig:
+    """A GPTConfig from a Hugging Face GPT-2 ``config.json`` dict."""
+    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"GPT-2 config uses activation {hf['activation_function']!r}; minilm's GPT uses the tanh GELU")
+    return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
+                     n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0, bias=True,
+                     layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+
+
+def gpt2_state_from_hf(tensors: dict) -> dict:
+    """Hugging Face GPT-2 arrays → minilm names (drop the causal-mask buffers and the tied lm_head)."""
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")) and np.ndim(value) != 1:
+            continue                                           # old causal-mask buffers
+        if key == "lm_head.weight":
+            continue                                           # tied to transformer.wte.weight
+        name = key if key.startswith("transformer.") else "transformer." + key
+        out[name] = value
+    return out
+
+
+def load_gpt2(path: str) -> GPT:
+    """A GPT holding a Hugging Face GPT-2 checkpoint: a folder with config.json and model.safetensors."""
+    from safetensors.numpy import load_file
+
+    cfg_path, weights = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+    for p in (cfg_path, weights):
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"load_gpt2: {p} not found (expected a GPT-2 folder with config.json "
+                                    "and model.safetensors)")
+    with open(cfg_path, encoding="utf-8") as f:
+        config = gpt2_config_from_hf(json.load(f))
+    model = GPT(config, generator=Generator(0))
+    model.load_state_dict(gpt2_state_from_hf(load_file(weights)))
+    return model
