@@ -59,3 +59,4 @@ def test_large_inputs_use_random_directions(device):
     emb = to_tensor(rng.standard_normal((50, 24)), device, requires_grad=True)
     g = to_tensor(rng.standard_normal(24), device, requires_grad=True)
     minilm.gradcheck(lambda e, g: F.layer_norm(F.embedding(ids, e), g), [emb, g])
+

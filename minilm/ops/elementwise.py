@@ -196,27 +196,58 @@ class GELU(Function):
     exact:  y = x Φ(x),  Φ(x) = ½(1 + erf(x/√2))
             ∂L/∂x = g ⊙ (Φ(x) + x φ(x)),  φ(x) = e^{−x²/2} / √(2π)
     tanh:   y = ½ x (1 + t),  t = tanh(u),  u = √(2/π) (x + 0.044715 x³)
-            ∂L/∂x = g ⊙ (½(1 + t) + ½ x (1 − t²) √(2/π) (1 + 3·0.044715 x²))
+            ∂L/∂x = g ⊙ ½ (1 + t + x (1 − t²) √(2/π) (1 + 3·0.044715 x²))
+
+    GELU runs on the widest activation of a Transformer (B, T, 4d), so the
+    code evaluates these formulas in place, in a few buffers: every fresh
+    temporary of that size costs a pass over memory plus its page faults.
     """
 
     def forward(ctx, x, approximate="none"):
         xp = get_array_module(x)
-        ctx.approximate = approximate
-        ctx.save_for_backward(x)
+        ctx.approximate, ctx.shape = approximate, x.shape
+        x = x.reshape(x.shape or (1,))           # 0-d -> (1,): in-place math needs an array
         if approximate == "tanh":
-            t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
-            ctx.t = t
-            return 0.5 * x * (1 + t)
-        cdf = 0.5 * (1 + backend.erf(x * _INV_SQRT_2))
-        ctx.cdf = cdf
-        return x * cdf
+            u = x * x
+            u *= 0.044715
+            u += 1
+            u *= x
+            u *= _SQRT_2_OVER_PI                 # u = √(2/π) (x + 0.044715 x³)
+            t = xp.tanh(u, out=u)                # t = tanh(u), reusing u's buffer
+            ctx.save_for_backward(x, t)
+            y = t + 1
+        else:
+            cdf = backend.erf(x * _INV_SQRT_2)
+            cdf += 1
+            cdf *= 0.5                           # Φ(x)
+            ctx.save_for_backward(x, cdf)
+            y = cdf.copy()
+        y *= x
+        if approximate == "tanh":
+            y *= 0.5                             # y = ½ x (1 + t)
+        return y.reshape(ctx.shape)              # or x Φ(x)
 
     def backward(ctx, g):
-        (x,) = ctx.saved
+        x, saved = ctx.saved
         xp = get_array_module(x)
         if ctx.approximate == "tanh":
-            t = ctx.t
-            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-            return (g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du),)
-        pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
-        return (g * (ctx.cdf + x * pdf),)
+            t = saved
+            du = x * x
+            du *= 3 * 0.044715 * _SQRT_2_OVER_PI
+            du += _SQRT_2_OVER_PI                # du/dx = √(2/π) (1 + 3·0.044715 x²)
+            dx = t * t
+            xp.subtract(1, dx, out=dx)           # 1 − t²
+            dx *= x
+            dx *= du
+            dx += t
+            dx += 1
+            dx *= 0.5                            # ½ (1 + t + x (1 − t²) du/dx)
+        else:
+            dx = x * x
+            dx *= -0.5
+            dx = xp.exp(dx, out=dx)
+            dx *= x
+            dx *= _INV_SQRT_2PI                  # x φ(x)
+            dx += saved                          # Φ(x) + x φ(x)
+        dx *= g.reshape(dx.shape)
+        return (dx.reshape(ctx.shape),)
