@@ -1,0 +1,18 @@
+"""Data for pretraining (§3.1 step 1): collect a corpus, clean it, tokenize it, cut it into blocks.
+
+    from minilm.data import load_shakespeare, encode_corpus, train_val_split, RandomBatches
+    from minilm.tokenizers import ByteLevelBPE
+
+    corpus = load_shakespeare()                      # downloaded once, then cached
+    tok = ByteLevelBPE.train(corpus.text, vocab_size=2048)
+    train, val = train_val_split(encode_corpus(corpus.text, tok))
+    x, y = RandomBatches(train, block_size=256, batch_size=32, seed=0)()   # (B, T) int64, y = x shifted
+"""
+from .batches import BlockLoader, RandomBatches
+from .corpus import (Corpus, Work, cache_root, encode_corpus, load_text, normalize_whitespace,
+                     train_val_split)
+from .shakespeare import CorpusDownloadError, clean_gutenberg, load_shakespeare
+
+__all__ = ["load_shakespeare", "load_text", "clean_gutenberg", "normalize_whitespace", "Corpus", "Work",
+           "CorpusDownloadError", "cache_root", "encode_corpus", "train_val_split",
+           "RandomBatches", "BlockLoader"]

@@ -1,0 +1,77 @@
+"""Text generation: sample x_{t+1} ~ P(· | x_≤t) (Eq. G1) one token at a time.
+
+    logits z = model(x)[last position]
+    greedy:       x_{t+1} = argmax z
+    temperature:  p = softmax(z / τ)           τ < 1 sharpens, τ > 1 flattens
+    top-k:        keep the k largest z, renormalise
+    top-p:        keep the smallest set of tokens whose probability adds to ≥ p
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .tensor import Generator, Tensor, no_grad
+
+
+def filter_logits(z: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> np.ndarray:
+    """Sampling probabilities from logits z of shape (B, V), after temperature, top-k and top-p."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+    z = z.astype(np.float64) / temperature
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be ≥ 1, got {top_k}")
+        k = min(top_k, z.shape[-1])
+        kth = np.sort(z, axis=-1)[:, -k][:, None]               # the k-th largest logit per row
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    if top_p is not None:
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        order = np.argsort(-p, axis=-1)                          # most likely first
+        sorted_p = np.take_along_axis(p, order, axis=-1)
+        before = np.cumsum(sorted_p, axis=-1) - sorted_p         # mass of the tokens ahead of each
+        keep_sorted = before < top_p                             # the top token is always kept
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        p = np.where(keep, p, 0.0)
+        p /= p.sum(axis=-1, keepdims=True)
+    return p
+
+
+def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, greedy: bool = False, generator: Generator | None = None):
+    """Extend ``idx`` (B, T) by ``max_new_tokens`` sampled tokens; returns (B, T + n) int64 ids.
+
+    The context is cropped to the model's block_size.  Seeded by ``generator``
+    (a minilm.Generator), so the same seed gives the same text.
+    """
+    rng = (generator or Generator(0)).host
+    block = model.config.block_size
+    device = model.device
+    ids = backend.to_numpy(idx.data if isinstance(idx, Tensor) else np.asarray(idx)).astype(np.int64)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.shape[1] == 0:
+        raise ValueError("generate: the prompt is empty; give at least one token")
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            for _ in range(max_new_tokens):
+                context = Tensor(backend.to_device(ids[:, -block:], device))   # (B, ≤ block)
+                logits, _ = model(context)
+                z = backend.to_numpy(logits.data[:, -1, :])                    # (B, V)
+                if greedy:
+                    nxt = z.argmax(axis=-1)
+                else:
+                    p = filter_logits(z, temperature, top_k, top_p)
+                    u = rng.random((p.shape[0], 1))
+                    nxt = (p.cumsum(axis=-1) < u).sum(axis=-1).clip(max=p.shape[-1] - 1)  # inverse CDF
+                ids = np.concatenate([ids, nxt[:, None].astype(np.int64)], axis=1)
+    finally:
+        model.train(was_training)
+    return Tensor(ids)
