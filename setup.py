@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["minilm", "minilm.*"]),
+    package_data={"minilm.data": ["samples/*.txt"]},
     python_requires=">=3.10",
     # safetensors: checkpoints as plain arrays + JSON, never pickle (loading cannot run code)
     install_requires=["numpy>=1.26", "numba>=0.59", "matplotlib>=3.7", "safetensors>=0.4"],
