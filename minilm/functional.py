@@ -16,6 +16,7 @@ import numpy as np
 from . import backend
 from .tensor import Tensor, default_generator  # defined before tensor.py imports this module
 from .ops.elementwise import GELU, Add, Div, Exp, Log, Mul, Neg, Pow, ReLU, Sigmoid, Sqrt, Sub, Tanh
+from .ops.attention import _MASK_VALUE, ScaledDotProductAttention, blocked_positions
 from .ops.matmul import MatMul
 from .ops.nn import CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, Softmax
 from .ops.reduce import LogSumExp, Max, Sum, _normalize_axis
@@ -31,7 +32,7 @@ __all__ = [
     "reshape", "transpose", "permute", "swapaxes", "broadcast_to", "getitem",
     "concat", "stack", "split", "where", "masked_fill",
     "embedding", "dropout", "layer_norm", "cross_entropy",
-    "scaled_dot_product_attention",
+    "scaled_dot_product_attention", "scaled_dot_product_attention_reference",
     "to_device", "astype",
 ]
 
@@ -430,79 +431,65 @@ def astype(x, dtype):
 
 # ---- attention ---------------------------------------------------------------------------------
 
-_MASK_VALUE = -1e30  # finite: a fully masked row stays finite (its output is zeroed below), never NaN
-_causal_cache: dict = {}
-
-
-def _blocked_positions(xp, device, B, T, S, causal, n_prefix, key_padding_mask):
-    """Boolean (B|1, 1, T, S): True where query t may NOT attend to key s.
-
-    Keys are [n_prefix prefix positions | S − n_prefix token positions].  The
-    prefix is visible to every query.  With ``causal``, the T queries are the
-    last T token positions, and query t sees token keys up to its own position.
-    """
-    blocked = None
-    S_tok = S - n_prefix
-    if causal:
-        key = (T, S, n_prefix, device)
-        blocked = _causal_cache.get(key)
-        if blocked is None:
-            i = xp.arange(T)[:, None]                         # query positions  (T, 1)
-            j = xp.arange(S_tok)[None, :]                     # token key positions (1, S_tok)
-            future = j > i + (S_tok - T)                      # (T, S_tok)
-            prefix = xp.zeros((T, n_prefix), dtype=bool)      # (T, n_prefix): always visible
-            blocked = xp.concatenate([prefix, future], axis=1)[None, None]  # (1, 1, T, S)
-            if len(_causal_cache) > 64:
-                _causal_cache.clear()
-            _causal_cache[key] = blocked
+def _attention_args(q, k, v, causal, key_padding_mask, scale, n_prefix, name):
+    for label, t in (("q", q), ("k", k), ("v", v)):
+        if t.ndim != 4:
+            raise ValueError(f"{name}: {label} must be (B, H, T, D), got shape {t.shape}")
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    if k.shape[:2] != (B, H) or v.shape[:2] != (B, H) or k.shape[3] != D or v.shape[2] != S:
+        raise ValueError(f"{name}: shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape} "
+                         "(need q (B, H, T, D), k (B, H, S, D), v (B, H, S, Dv))")
+    if not 0 <= n_prefix <= S:
+        raise ValueError(f"{name}: n_prefix={n_prefix} with {S} keys")
+    if causal and T > S - n_prefix:
+        raise ValueError(f"{name}: causal attention with {T} queries needs at least {T} token keys, "
+                         f"got {S - n_prefix}")
+    kpm = None
     if key_padding_mask is not None:
-        pad = xp.concatenate([xp.zeros((B, n_prefix), dtype=bool), key_padding_mask], axis=1)  # (B, S)
-        pad = pad[:, None, None, :]                           # (B, 1, 1, S)
-        blocked = pad if blocked is None else blocked | pad
-    return blocked
+        kpm = _bool_array(key_padding_mask, q, name)
+        if tuple(kpm.shape) != (B, S - n_prefix):
+            raise ValueError(f"{name}: key_padding_mask must be (B, S) = {(B, S - n_prefix)}, got {tuple(kpm.shape)}")
+    return kpm, (1.0 / math.sqrt(D) if scale is None else float(scale))
 
 
 def scaled_dot_product_attention(q, k, v, causal: bool = False, key_padding_mask=None, scale=None,
                                  n_prefix: int = 0):
     """softmax(q kᵀ · scale + mask) v on (B, H, T, D) queries and (B, H, S, D) keys/values.
 
-    The readable definition, composed of differentiable ops:
-        scores = q kᵀ / √D                      (B, H, T, S)
-        scores[blocked] = −∞                    causal future, padded keys
-        A = softmax(scores, axis=−1)
-        out = A v                               (B, H, T, D)
     causal            query t sees keys up to its own position (queries are the
                       last T positions when S > T, as in generation with a cache)
     key_padding_mask  bool (B, S − n_prefix), True = a padding key nobody attends to
     n_prefix          the first n_prefix keys/values are a prefix every query sees (P1)
-    A query that can see no key at all gets zeros, not NaN.
+    scale             1/√D by default
+    A query that can see no key at all gets zeros, not NaN.  One fused op: a
+    Numba flash kernel on "cpu"; see scaled_dot_product_attention_reference for
+    the same thing written as ordinary ops.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.ndim != 4:
-            raise ValueError(f"scaled_dot_product_attention: {name} must be (B, H, T, D), got shape {t.shape}")
-    B, H, T, D = q.shape
-    S = k.shape[2]
-    if k.shape[:2] != (B, H) or v.shape[:2] != (B, H) or k.shape[3] != D or v.shape[2] != S:
-        raise ValueError(f"scaled_dot_product_attention: shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape} "
-                         "(need q (B, H, T, D), k (B, H, S, D), v (B, H, S, Dv))")
-    if not 0 <= n_prefix <= S:
-        raise ValueError(f"scaled_dot_product_attention: n_prefix={n_prefix} with {S} keys")
-    if causal and T > S - n_prefix:
-        raise ValueError(f"scaled_dot_product_attention: causal attention with {T} queries needs at least "
-                         f"{T} token keys, got {S - n_prefix}")
-    kpm = None
-    if key_padding_mask is not None:
-        kpm = _bool_array(key_padding_mask, q, "scaled_dot_product_attention")
-        if tuple(kpm.shape) != (B, S - n_prefix):
-            raise ValueError(f"scaled_dot_product_attention: key_padding_mask must be (B, S) = {(B, S - n_prefix)}, "
-                             f"got {tuple(kpm.shape)}")
+    kpm, scale = _attention_args(q, k, v, causal, key_padding_mask, scale, n_prefix, "scaled_dot_product_attention")
+    return ScaledDotProductAttention.apply(q, k, v, causal=bool(causal), key_padding=kpm, scale=scale,
+                                           n_prefix=int(n_prefix))
+
+
+def scaled_dot_product_attention_reference(q, k, v, causal: bool = False, key_padding_mask=None, scale=None,
+                                           n_prefix: int = 0):
+    """The readable definition of attention, composed of differentiable ops (the tests' oracle):
+
+        scores = q kᵀ / √D                      (B, H, T, S)
+        scores[blocked] = −∞                    causal future, padded keys
+        A = softmax(scores, axis=−1)
+        out = A v                               (B, H, T, Dv)
+    """
+    kpm, scale = _attention_args(q, k, v, causal, key_padding_mask, scale, n_prefix,
+                                 "scaled_dot_product_attention_reference")
+    B, H, T, _ = q.shape
     xp = backend.get_array_module(q.data)
-    scores = mul(matmul(q, swapaxes(k, -1, -2)), 1.0 / math.sqrt(D) if scale is None else scale)  # (B, H, T, S)
-    blocked = _blocked_positions(xp, q.device, B, T, S, causal, n_prefix, kpm)
+    scores = mul(matmul(q, swapaxes(k, -1, -2)), scale)                     # (B, H, T, S)
+    blocked = blocked_positions(xp, q.device, B, T, k.shape[2], causal, n_prefix, kpm)
     if blocked is not None:
         scores = MaskedFill.apply(scores, blocked, value=_MASK_VALUE)
     attn = softmax(scores, axis=-1)
     if kpm is not None:  # rows with no visible key: zeros instead of a uniform average
-        visible = ~blocked.all(axis=-1, keepdims=True)       # (B, 1, T, 1)
+        visible = ~blocked.all(axis=-1, keepdims=True)                     # (B, 1, T, 1)
         attn = mul(attn, visible.astype(attn.dtype))
-    return matmul(attn, v)                                    # (B, H, T, Dv)
+    return matmul(attn, v)                                                  # (B, H, T, Dv)

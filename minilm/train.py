@@ -91,12 +91,13 @@ class Progress:
 
 def plot_loss(history: dict, path) -> Path:
     """A PNG of the training loss (raw and smoothed) with the periodic train/val estimates."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # a Figure of its own: pyplot's backend (e.g. a notebook's) is untouched
 
     steps, losses = np.asarray(history["step"]), np.asarray(history["loss"])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     if len(losses):
         ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8, label="train (per step)")
         k = max(1, min(50, len(losses) // 10))
@@ -114,17 +115,17 @@ def plot_loss(history: dict, path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 class Trainer:
     """Train a GPT on token ids: ``Trainer(model, train_ids, val_ids, config, out_dir).fit()``."""
 
-    def __init__(self, model, train_ids, val_ids, config: TrainConfig, out_dir, model_config: dict,
+    def __init__(self, model, train_ids, val_ids, config: TrainConfig, out_dir, model_config: dict | None = None,
                  tokenizer=None, stream=None):
         self.model, self.config, self.out_dir = model, config, Path(out_dir)
-        self.model_config, self.tokenizer, self.stream = model_config, tokenizer, stream or sys.stdout
+        self.model_config = model_config if model_config is not None else model.config.to_dict()
+        self.tokenizer, self.stream = tokenizer, stream or sys.stdout
         self.block_size = model.config.block_size
         self.train_ids, self.val_ids = np.asarray(train_ids), np.asarray(val_ids)
         c = config

@@ -386,9 +386,9 @@ def _draw_attention(data):
     return Case(arrays, diff, kw)
 
 
-def _attention_fn(q, k, v, *pad, causal, n_prefix):
-    return F.scaled_dot_product_attention(q, k, v, causal=causal, n_prefix=n_prefix,
-                                          key_padding_mask=pad[0] if pad else None)
+def _attention_fn(q, k, v, *pad, causal, n_prefix, fn=None):
+    return (fn or F.scaled_dot_product_attention)(q, k, v, causal=causal, n_prefix=n_prefix,
+                                                  key_padding_mask=pad[0] if pad else None)
 
 
 def _attention_torch(q, k, v, *pad, causal, n_prefix):
@@ -458,6 +458,8 @@ SPECS = [
          lambda x, *wb, eps: tF().layer_norm(x, x.shape[-1:], *wb, eps=eps)),
     Spec("cross_entropy", "cross_entropy", _draw_cross_entropy, F.cross_entropy, _cross_entropy_torch),
     Spec("attention", "scaled_dot_product_attention", _draw_attention, _attention_fn, _attention_torch),
+    Spec("attention_reference", "scaled_dot_product_attention_reference", _draw_attention,
+         lambda *a, **kw: _attention_fn(*a, **kw, fn=F.scaled_dot_product_attention_reference), _attention_torch),
     Spec("to_device", "to_device", _draw_plain, _to_device_fn, lambda x, device: x * 2.0, needs_device=True),
     Spec("astype", "astype", _draw_plain, lambda x: F.astype(x, minilm.float64), lambda x: x.to(_torch().float64)),
 ]

@@ -11,8 +11,10 @@
 from .batches import BlockLoader, RandomBatches
 from .corpus import (Corpus, Work, cache_root, encode_corpus, load_text, normalize_whitespace,
                      train_val_split)
+from .sample import load_sample
 from .shakespeare import CorpusDownloadError, clean_gutenberg, load_shakespeare
 
-__all__ = ["load_shakespeare", "load_text", "clean_gutenberg", "normalize_whitespace", "Corpus", "Work",
+__all__ = ["load_shakespeare", "load_sample", "load_text", "clean_gutenberg", "normalize_whitespace",
+           "Corpus", "Work",
            "CorpusDownloadError", "cache_root", "encode_corpus", "train_val_split",
            "RandomBatches", "BlockLoader"]

@@ -28,7 +28,7 @@ from ..tensor import Generator, Tensor, arange
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 65
+    vocab_size: int = 65          # nanoGPT's tiny-Shakespeare characters; `minilm pretrain` sets the tokenizer's
     block_size: int = 64          # the longest context the position table covers
     n_layer: int = 4
     n_head: int = 4
