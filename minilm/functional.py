@@ -17,7 +17,7 @@ from . import backend
 from .tensor import Tensor, default_generator  # defined before tensor.py imports this module
 from .ops.elementwise import GELU, Add, Div, Exp, Log, Mul, Neg, Pow, ReLU, Sigmoid, Sqrt, Sub, Tanh
 from .ops.attention import _MASK_VALUE, ScaledDotProductAttention, blocked_positions
-from .ops.matmul import MatMul
+from .ops.matmul import Linear, MatMul
 from .ops.nn import CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, Softmax
 from .ops.reduce import LogSumExp, Max, Sum, _normalize_axis
 from .ops.shape import (AsType, BroadcastTo, Concat, GetItem, MaskedFill, Permute, Reshape, Stack,
@@ -28,7 +28,7 @@ __all__ = [
     "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "gelu",
     "softmax", "log_softmax", "logsumexp",
     "sum", "mean", "max", "var",
-    "matmul",
+    "matmul", "linear",
     "reshape", "transpose", "permute", "swapaxes", "broadcast_to", "getitem",
     "concat", "stack", "split", "where", "masked_fill",
     "embedding", "dropout", "layer_norm", "cross_entropy",
@@ -191,6 +191,18 @@ def matmul(a, b):
     if len(sb) == 1:                    # (..., n, k) @ (k,) -> (..., n)
         return reshape(MatMul.apply(a, reshape(b, sb + (1,))), sa[:-1])
     return MatMul.apply(a, b)
+
+
+def linear(x, weight, bias=None):
+    """x W + b with W of shape (in, out) (the row convention) and b of shape (out,)."""
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be (in, out), got shape {weight.shape}")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[0]:
+        raise ValueError(f"linear: input of shape {x.shape} does not fit weight of shape {weight.shape} "
+                         f"(its last axis must be {weight.shape[0]})")
+    if bias is not None and bias.shape != weight.shape[1:]:
+        raise ValueError(f"linear: bias of shape {bias.shape} does not fit weight of shape {weight.shape}")
+    return Linear.apply(x, weight, bias)
 
 
 # ---- shapes -----------------------------------------------------------------------

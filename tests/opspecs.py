@@ -171,6 +171,16 @@ def _draw_matmul(data):
     return Case([normal(rng, sa), normal(rng, sb)], [True, True])
 
 
+def _draw_linear(data):
+    rng = rng_of(data)
+    lead = shape(data, 1, 3)
+    k, m = data.draw(st.integers(1, 4), label="in"), data.draw(st.integers(1, 4), label="out")
+    arrays = [normal(rng, lead + (k,)), normal(rng, (k, m))]
+    if data.draw(st.booleans(), label="bias"):
+        arrays.append(normal(rng, (m,)))
+    return Case(arrays, [True] * len(arrays))
+
+
 def _draw_reshape(data):
     rng = rng_of(data)
     s = shape(data)
@@ -436,6 +446,7 @@ SPECS = [
          lambda x, axis, keepdims, ddof: _torch().var(x, dim=dims(axis, x.ndim), correction=ddof, keepdim=keepdims)
          if x.ndim else x * 0.0),
     Spec("matmul", "matmul", _draw_matmul, F.matmul, lambda a, b: _torch().matmul(a, b)),
+    Spec("linear", "linear", _draw_linear, F.linear, lambda x, w, *b: x @ w + (b[0] if b else 0)),
     Spec("reshape", "reshape", _draw_reshape, F.reshape, lambda x, shape: x.reshape(shape)),
     Spec("transpose", "transpose", _draw_plain, F.transpose, lambda x: x.permute(tuple(reversed(range(x.ndim))))),
     Spec("permute", "permute", _draw_permute, F.permute, lambda x, axes: x.permute(tuple(axes))),

@@ -32,8 +32,7 @@ class Linear(Module):
         self.bias = init.uniform_(Parameter(_empty(out_features)), -bound, bound, generator) if bias else None
 
     def forward(self, x):
-        y = x @ self.weight                  # (..., in) @ (in, out) -> (..., out)
-        return y + self.bias if self.bias is not None else y
+        return F.linear(x, self.weight, self.bias)   # (..., in) -> (..., out)
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

@@ -33,3 +33,30 @@ class MatMul(Function):
             else:
                 db = unbroadcast(a.swapaxes(-1, -2) @ g, b.shape)
         return da, db
+
+
+class Linear(Function):
+    """y = x W + b  for x: (..., k), W: (k, m), b: (m,)  — a Linear layer in one node.
+
+    ∂L/∂x = g Wᵀ      ∂L/∂W = xᵀ g      ∂L/∂b = Σ_rows g
+    (rows: every position of every batch, flattened).  The bias is added into
+    the product's buffer, so the layer makes one output array, not two.
+    """
+
+    def forward(ctx, x, weight, bias=None):
+        k, m = weight.shape
+        ctx.save_for_backward(x, weight)
+        y = x.reshape(-1, k) @ weight                                   # (N, k) @ (k, m) -> (N, m)
+        if bias is not None:
+            y += bias
+        return y.reshape(x.shape[:-1] + (m,))                           # (..., m)
+
+    def backward(ctx, g):
+        x, weight = ctx.saved
+        nx, nw, nb = ctx.needs_input_grad
+        k, m = weight.shape
+        g2 = g.reshape(-1, m)                                           # (N, m)
+        dx = (g2 @ weight.T).reshape(x.shape) if nx else None
+        dw = x.reshape(-1, k).T @ g2 if nw else None                    # (k, N) @ (N, m)
+        db = g2.sum(axis=0) if nb else None
+        return dx, dw, db

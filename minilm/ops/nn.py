@@ -65,35 +65,44 @@ class LayerNorm(Function):
         ∂L/∂x = (ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂)) / σ
         ∂L/∂w = Σ_rows g ⊙ x̂,      ∂L/∂b = Σ_rows g
     (the two means remove the directions that μ and σ cancel out of x).
+    Evaluated in place where it can be, and with einsum for the products that
+    are only summed, so no full-size temporary is made just to be reduced.
     """
 
     def forward(ctx, x, weight=None, bias=None, eps=1e-5):
-        mu = x.mean(axis=-1, keepdims=True)
-        xc = x - mu
-        var = (xc * xc).mean(axis=-1, keepdims=True)
-        inv_sigma = 1.0 / get_array_module(x).sqrt(var + eps)
-        xhat = xc * inv_sigma
+        xp = get_array_module(x)
+        d = x.shape[-1]
+        xhat = x - x.mean(axis=-1, keepdims=True)                  # x − μ
+        var = xp.einsum("...i,...i->...", xhat, xhat)[..., None] / d  # (..., 1), no (x − μ)² array
+        inv_sigma = 1.0 / xp.sqrt(var + eps)
+        xhat *= inv_sigma                                           # x̂, in place
         ctx.save_for_backward(xhat, inv_sigma, weight)
-        y = xhat
-        if weight is not None:
-            y = y * weight
+        if weight is None and bias is None:
+            return xhat.copy()
+        y = xhat * weight if weight is not None else xhat.copy()
         if bias is not None:
-            y = y + bias
+            y += bias
         return y
 
     def backward(ctx, g):
+        xp = get_array_module(g)
         xhat, inv_sigma, weight = ctx.saved
         nx, nw, nb = ctx.needs_input_grad
-        rows = tuple(range(g.ndim - 1))
+        d = g.shape[-1]
         dx = dw = db = None
         if nx:
-            gh = g * weight if weight is not None else g
-            dx = (gh - gh.mean(axis=-1, keepdims=True)
-                  - xhat * (gh * xhat).mean(axis=-1, keepdims=True)) * inv_sigma
-        if nw:
-            dw = (g * xhat).sum(axis=rows)
-        if nb:
-            db = g.sum(axis=rows)
+            gh = g * weight if weight is not None else g.copy()    # ĝ
+            proj = xp.einsum("...i,...i->...", gh, xhat)[..., None] / d   # mean(ĝ ⊙ x̂), (..., 1)
+            gh -= gh.mean(axis=-1, keepdims=True)                   # ĝ − mean(ĝ)
+            gh -= xhat * proj                                       # − x̂ ⊙ mean(ĝ ⊙ x̂)
+            gh *= inv_sigma                                         # / σ
+            dx = gh
+        if nw or nb:
+            g2, x2 = g.reshape(-1, d), xhat.reshape(-1, d)         # (rows, d)
+            if nw:
+                dw = xp.einsum("ri,ri->i", g2, x2)                  # Σ_rows g ⊙ x̂
+            if nb:
+                db = g2.sum(axis=0)
         return dx, dw, db
 
 
