@@ -10,7 +10,8 @@ setup(
     package_data={"minilm.data": ["samples/*.txt"]},
     python_requires=">=3.10",
     # safetensors: checkpoints as plain arrays + JSON, never pickle (loading cannot run code)
-    install_requires=["numpy>=1.26", "numba>=0.59", "matplotlib>=3.7", "safetensors>=0.4"],
+    # scipy: its cython_blas gemm is what the Numba attention kernel calls on every tile
+    install_requires=["numpy>=1.26", "numba>=0.59", "scipy>=1.10", "matplotlib>=3.7", "safetensors>=0.4"],
     extras_require={
         "gpu": ["cupy-cuda12x>=13"],
         # nbclient + ipykernel execute the lessons inside the test suite

@@ -54,14 +54,6 @@ def blocked_positions(xp, device, B, T, S, causal, n_prefix, key_padding_mask):
     return blocked
 
 
-def _kernel():
-    try:
-        from ..kernels import attention_cpu
-    except ImportError:  # TEMPORARY while the kernel is being written
-        return None
-    return attention_cpu
-
-
 class ScaledDotProductAttention(Function):
     """O = softmax(q kᵀ · scale, masked) v, saving only O and the row log-sum-exp (see module docstring)."""
 
@@ -70,8 +62,8 @@ class ScaledDotProductAttention(Function):
         ctx.causal, ctx.key_padding, ctx.scale, ctx.n_prefix = causal, key_padding, scale, n_prefix
         B, H, T, D = q.shape
         S, Dv = k.shape[2], v.shape[3]
-        if xp is np and _kernel() is not None:
-            kernel = _kernel()
+        if xp is np:
+            from ..kernels import attention_cpu as kernel
             q3, k3, v3 = (np.ascontiguousarray(a).reshape(B * H, -1, a.shape[-1]) for a in (q, k, v))  # (BH, ·, ·)
             o, lse = kernel.forward(q3, k3, v3, scale, causal, n_prefix, key_padding, H)
             ctx.save_for_backward(q3, k3, v3, o, lse)
@@ -83,8 +75,8 @@ class ScaledDotProductAttention(Function):
 
     def backward(ctx, do):
         xp = get_array_module(do)
-        if xp is np and _kernel() is not None:
-            kernel = _kernel()
+        if xp is np:
+            from ..kernels import attention_cpu as kernel
             q3, k3, v3, o, lse = ctx.saved
             B, H, T, Dv = do.shape
             dq, dk, dv = kernel.backward(q3, k3, v3, o, lse, np.ascontiguousarray(do).reshape(B * H, T, Dv),

@@ -1,0 +1,709 @@
+#!/usr/bin/env python
+"""minilm's fused CPU attention kernel side by side with NumPy and PyTorch, in one run.
+
+    python benchmarks/bench_attention.py [--quick] [--out DIR]
+
+Causal softmax attention, forward + backward, float32, three ways:
+
+  kernel  ``minilm.kernels.attention_cpu``: flash-style, Numba + BLAS tiles, online
+          softmax, the T×T score matrix never held (forward, then backward from o, lse)
+  numpy   the composed NumPy reference: matmul → scale → mask → stable softmax → matmul,
+          each step a new array as separate ops make it, and the backward as those ops'
+          vector-Jacobian products chained (dV = Pᵀ dO, dP = dO Vᵀ, softmax's
+          dS = P ∘ (dP − rowsum(dP ∘ P)), the mask's and the scale's, dQ = dS K, dK = dSᵀ Q)
+  numpy, fused by hand (shown for information, not a target): the same in NumPy written
+          in place (scale, mask, exp, normalise over one buffer) with attention's own
+          identity rowsum(dP ∘ P) = rowsum(dO ∘ O): the fastest plain NumPy we know
+  torch   ``torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)``
+          and ``o.backward(do)`` (autograd)
+
+at (B, H, T, D) = (12, 4, 64, 32), (8, 6, 256, 64), (1, 8, 1024, 64), (1, 8, 4096, 64)
+(--quick drops the last: its composed NumPy reference alone takes ~4 s and ~3 GB per call).
+
+What is measured:
+  * time of forward + backward, best of R repeats of M calls (as timeit), the three
+    interleaved repeat by repeat so that a slow moment of the shared machine hits all
+    of them; the ratios numpy/kernel and torch/kernel.
+  * GFLOP/s, one nominal count for all three: causal forward F = 4·B·H·T²·D / 2 (two
+    T×T×D matmuls per head, half of them masked), forward + backward = 2.5·F =
+    5·B·H·T²·D. (The kernel executes more: 7 tile matmuls = 3.5·F, as it recomputes
+    P in the backward; the NumPy reference executes 6 dense ones = 6·F.) Shown next to
+    NumPy's single-thread float32 matmul peak (1024×1024×1024 sgemm) of this run.
+  * peak extra memory of one forward + backward (outputs and gradients included), over
+    what was live before: tracemalloc for the kernel and NumPy (NumPy reports its array
+    buffers to tracemalloc; the kernel's scratch is allocated by NumPy in its Python
+    wrapper, so it is counted), torch.profiler's allocation events for torch (its CPU
+    allocator is invisible to tracemalloc): the running total of allocated bytes, peak
+    minus start. Requested bytes, no allocator overhead.
+  * compile time: the first forward + backward in a fresh process with an empty Numba
+    cache (NUMBA_CACHE_DIR = a temporary folder), then the first call in a second fresh
+    process that finds that cache (cache=True: compiled code is reused across processes).
+  * subnormals: "sharp" attention (q × 50, so scores × 50) vs normal inputs at
+    (1, 8, 1024, 64), for the kernel as shipped (exp of scores more than 64 below the row
+    max flushed to 0), the kernel with the flush disabled (private ``_forward`` /
+    ``_backward`` with flush_below = −inf: exact exp, subnormals and all), NumPy and torch.
+  * targets, PASS/MISS: ≥ 2x faster than NumPy at T = 256 and ≥ 3x at T ≥ 1024; no
+    slower than torch at every shape; extra memory O(T·D): at most 16 arrays of
+    B·H·T·D floats at every shape (the five outputs are 4 of them), where a T×T score
+    matrix would need B·H·T² floats.
+
+Correctness first: at every shape the kernel's o, dq, dk, dv are compared with NumPy's
+and torch's (relative error, float32); a mismatch is reported and the exit status is 1.
+
+Both sides run on ONE thread (the fair, stable comparison on 2-core machines):
+``numba.set_num_threads(1)`` and NUMBA_NUM_THREADS=1, ``torch.set_num_threads(1)``; BLAS
+(NumPy's, and SciPy's that the kernel calls) through threadpoolctl when it is installed,
+otherwise through OMP/OPENBLAS/MKL_NUM_THREADS=1 set below, before NumPy is imported.
+OPENBLAS_CORETYPE is reported and never changed. Read the ratios of one run, not
+absolute times across runs.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+# ---- threads: must happen before NumPy (or torch, or numba) is imported ----------------
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_ENV_BEFORE = {v: os.environ.get(v) for v in _THREAD_VARS + ("NUMBA_NUM_THREADS",)}
+_HAVE_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
+_NUMPY_PRELOADED = "numpy" in sys.modules
+if not _HAVE_THREADPOOLCTL:
+    for _v in _THREAD_VARS:
+        os.environ[_v] = "1"
+os.environ["NUMBA_NUM_THREADS"] = "1"  # threadpoolctl does not reach Numba's own pool
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+try:
+    import torch  # noqa: E402
+    _TORCH_ERROR = None
+except Exception as e:  # not installed, or a broken install: skip its columns
+    torch = None
+    _TORCH_ERROR = f"{type(e).__name__}: {e}"
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)  # measure this checkout's minilm
+
+import numba  # noqa: E402
+
+from minilm.kernels import attention_cpu  # noqa: E402
+
+numba.set_num_threads(1)
+_THREADPOOL_LIMITER = None
+if _HAVE_THREADPOOLCTL:
+    import scipy.linalg  # noqa: E402,F401  (load SciPy's BLAS, so that the limit reaches it too)
+    from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
+    _THREADPOOL_LIMITER = threadpool_limits(limits=1)
+if torch is not None:
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work already started
+        pass
+
+SHAPES = [(12, 4, 64, 32), (8, 6, 256, 64), (1, 8, 1024, 64), (1, 8, 4096, 64)]
+SHARP_SHAPE, SHARP_FACTOR = (1, 8, 1024, 64), 50.0
+
+
+# ---- timing --------------------------------------------------------------------------
+
+class Timer:
+    """Best-of-R-repeats-of-M-loops timing, with the candidates interleaved."""
+
+    def __init__(self, repeat: int, target_s: float):
+        self.repeat, self.target_s = repeat, target_s
+
+    @staticmethod
+    def _run(fn, number):
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            return time.perf_counter() - t0
+        finally:
+            if gc_was:
+                gc.enable()
+
+    def _calibrate(self, fn):
+        t = self._run(fn, 1)  # warm-up: caches, lazy imports, allocator pools
+        if t < self.target_s:
+            t = self._run(fn, 1)
+        return max(1, min(100_000, int(math.ceil(self.target_s / max(t, 1e-9)))))
+
+    def measure(self, candidates: dict) -> dict:
+        """{name: fn} -> {name: best seconds per call}."""
+        numbers = {k: self._calibrate(f) for k, f in candidates.items()}
+        best = {k: math.inf for k in candidates}
+        names = list(candidates)
+        for i in range(self.repeat):
+            gc.collect()
+            for k in names[i % len(names):] + names[:i % len(names)]:  # rotate who goes first
+                best[k] = min(best[k], self._run(candidates[k], numbers[k]) / numbers[k])
+        return best
+
+
+def _table(header, rows, aligns=None):
+    """Plain text table: first column left-aligned, the rest right-aligned."""
+    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    aligns = aligns or ["<"] + [">"] * (len(header) - 1)
+    line = lambda r: "  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, aligns, widths))  # noqa: E731
+    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def _fmt(v, spec="{:.1f}", none="-"):
+    return none if v is None else spec.format(v)
+
+
+# ---- the three implementations ----------------------------------------------------------
+
+def make_inputs(B, H, T, D, seed=0, sharp=1.0):
+    rng = np.random.default_rng(seed)
+    q, k, v, do = (rng.standard_normal((B * H, T, D), dtype=np.float32) for _ in range(4))
+    if sharp != 1.0:
+        q *= np.float32(sharp)
+    return q, k, v, do
+
+
+def kernel_fwd_bwd(q, k, v, do, H, flush_below=None):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if flush_below is None:
+        o, lse = attention_cpu.forward(q, k, v, scale, True, 0, None, H)
+        return (o,) + attention_cpu.backward(q, k, v, o, lse, do, scale, True, 0, None, H)
+    o, lse = attention_cpu._forward(q, k, v, scale, True, 0, None, H, flush_below)
+    return (o,) + attention_cpu._backward(q, k, v, o, lse, do, scale, True, 0, None, H, flush_below)
+
+
+def numpy_fwd_bwd(q, k, v, do, H):
+    """The composed NumPy reference, causal, float32: op by op, forward then the ops' VJPs."""
+    T, D = q.shape[1], q.shape[2]
+    scale = np.float32(1.0 / math.sqrt(D))
+    visible = np.tril(np.ones((T, T), bool))                   # (T, T): key ≤ query
+    s = (q @ k.transpose(0, 2, 1)) * scale                     # matmul, scale     (BH, T, T)
+    s = np.where(visible, s, np.float32(-np.inf))              # mask
+    e = np.exp(s - s.max(axis=-1, keepdims=True))              # softmax (stable)
+    p = e / e.sum(axis=-1, keepdims=True)
+    o = p @ v                                                  # matmul            (BH, T, Dv)
+    dv = p.transpose(0, 2, 1) @ do                             # matmul's VJP: Pᵀ dO
+    dp = do @ v.transpose(0, 2, 1)                             #               dO Vᵀ
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))       # softmax's VJP
+    ds = np.where(visible, ds, np.float32(0))                  # the mask's
+    ds = ds * scale                                            # the scale's
+    dq = ds @ k                                                # matmul's VJP
+    dk = ds.transpose(0, 2, 1) @ q
+    return o, dq, dk, dv
+
+
+def numpy_fused_fwd_bwd(q, k, v, do, H):
+    """The same attention in NumPy fused by hand: in place over one T×T buffer, and
+    rowsum(dP ∘ P) = rowsum(dO ∘ O) (the fastest plain NumPy we know; not a target)."""
+    T, D = q.shape[1], q.shape[2]
+    scale = np.float32(1.0 / math.sqrt(D))
+    mask = np.triu(np.full((T, T), -np.inf, np.float32), 1)   # (T, T): −inf where key > query
+    s = q @ k.transpose(0, 2, 1)                               # (BH, T, T)
+    s *= scale
+    s += mask
+    s -= s.max(axis=-1, keepdims=True)
+    p = np.exp(s, out=s)
+    p /= p.sum(axis=-1, keepdims=True)
+    o = p @ v
+    dv = p.transpose(0, 2, 1) @ do
+    dp = do @ v.transpose(0, 2, 1)
+    dp -= (do * o).sum(axis=-1, keepdims=True)
+    ds = np.multiply(dp, p, out=dp)
+    dq = ds @ k
+    dq *= scale
+    dk = ds.transpose(0, 2, 1) @ q
+    dk *= scale
+    return o, dq, dk, dv
+
+
+def make_torch(q, k, v, do, B, H):
+    T, D = q.shape[1], q.shape[2]
+    tq, tk, tv = (torch.from_numpy(x.reshape(B, H, T, D).copy()).requires_grad_() for x in (q, k, v))
+    tdo = torch.from_numpy(do.reshape(B, H, T, D).copy())
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def step():
+        tq.grad = tk.grad = tv.grad = None
+        o = sdpa(tq, tk, tv, is_causal=True)
+        o.backward(tdo)
+        return o
+
+    def results():
+        o = step().detach()
+        return tuple(x.reshape(B * H, T, -1).numpy() for x in (o, tq.grad, tk.grad, tv.grad))
+
+    return step, results
+
+
+def max_rel_err(a, b):
+    """max |a − b| / (max |b| + tiny), over all elements: a scale-aware relative error."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
+
+
+# ---- memory -----------------------------------------------------------------------------
+
+def tracemalloc_peak(fn):
+    """Peak bytes allocated through Python/NumPy during fn(), over what was live before."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        out = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del out
+    return peak - before
+
+
+def torch_peak(step):
+    """Peak bytes allocated by torch's CPU allocator during step(), from torch.profiler's
+    allocation events (the running 'Total Allocated' of the trace, peak minus start)."""
+    from torch.profiler import ProfilerActivity, profile
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = step()
+    del out
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    mem = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+    if not mem:
+        return None
+    start = mem[0]["args"]["Total Allocated"] - mem[0]["args"]["Bytes"]
+    return max(e["args"]["Total Allocated"] for e in mem) - start
+
+
+# ---- parts ------------------------------------------------------------------------------
+
+def sgemm_peak(timer):
+    a = np.random.default_rng(1).standard_normal((1024, 1024), dtype=np.float32)
+    b = a.T.copy()
+    t = timer.measure({"sgemm": lambda: a @ b})["sgemm"]
+    return 2 * 1024 ** 3 / t / 1e9
+
+
+def compile_and_cache(quick):
+    """First forward + backward in a fresh process, cold (empty Numba cache) and warm."""
+    dtypes = ["float32"] if quick else ["float32", "float64"]
+    code = textwrap.dedent(f"""
+        import json, sys, time
+        t0 = time.perf_counter()
+        import numpy as np
+        sys.path.insert(0, {_REPO!r})
+        from minilm.kernels import attention_cpu as A
+        res = {{"import_s": time.perf_counter() - t0}}
+        for dt in {dtypes!r}:
+            q, k, v, do = (np.random.default_rng(0).standard_normal((2, 70, 16)).astype(dt) for _ in range(4))
+            for key in ("first", "second"):
+                t = time.perf_counter()
+                o, lse = A.forward(q, k, v, 0.25, True, 0, None, 1)
+                A.backward(q, k, v, o, lse, do, 0.25, True, 0, None, 1)
+                res[dt + "_" + key + "_call_s"] = time.perf_counter() - t
+        print(json.dumps(res))
+    """)
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for run in ("cold", "warm"):
+            p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+            if p.returncode != 0:
+                out[run] = {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "failed"}
+            else:
+                out[run] = json.loads(p.stdout.strip().splitlines()[-1])
+        out["cache_files"] = sum(len(f) for _, _, f in os.walk(cache))
+    return out
+
+
+def run_shape(timer, shape, use_torch):
+    B, H, T, D = shape
+    q, k, v, do = make_inputs(B, H, T, D)
+    cands = {"kernel": lambda: kernel_fwd_bwd(q, k, v, do, H), "numpy": lambda: numpy_fwd_bwd(q, k, v, do, H),
+             "numpy_fused": lambda: numpy_fused_fwd_bwd(q, k, v, do, H)}
+    ref = numpy_fwd_bwd(q, k, v, do, H)
+    ker = kernel_fwd_bwd(q, k, v, do, H)
+    names = ("o", "dq", "dk", "dv")
+    errors = {"kernel_vs_numpy": {n: max_rel_err(a, b) for n, a, b in zip(names, ker, ref)}}
+    if use_torch:
+        step, results = make_torch(q, k, v, do, B, H)
+        cands["torch"] = step
+        tr = results()
+        errors["kernel_vs_torch"] = {n: max_rel_err(a, b) for n, a, b in zip(names, ker, tr)}
+        errors["numpy_vs_torch"] = {n: max_rel_err(a, b) for n, a, b in zip(names, ref, tr)}
+    del ref, ker
+    best = timer.measure(cands)
+    mem = {k: tracemalloc_peak(cands[k]) for k in ("kernel", "numpy", "numpy_fused")}
+    if use_torch:
+        mem["torch"] = torch_peak(cands["torch"])
+    flop = 2.5 * 4 * B * H * T * T * D / 2   # 5·B·H·T²·D
+    ms = {k: v * 1e3 for k, v in best.items()}
+    return {"shape": {"B": B, "H": H, "T": T, "D": D}, "ms": ms,
+            "gflops": {k: flop / v / 1e9 for k, v in best.items()},
+            "nominal_gflop": flop / 1e9,
+            "speedup_vs_numpy": best["numpy"] / best["kernel"],
+            "speedup_vs_numpy_fused": best["numpy_fused"] / best["kernel"],
+            "speedup_vs_torch": best["torch"] / best["kernel"] if "torch" in best else None,
+            "peak_extra_bytes": mem,
+            "btd_bytes": B * H * T * D * 4, "score_matrix_bytes": B * H * T * T * 4,
+            "errors": errors}
+
+
+def run_sharp(timer, use_torch):
+    B, H, T, D = SHARP_SHAPE
+    out = {"shape": {"B": B, "H": H, "T": T, "D": D}, "factor": SHARP_FACTOR, "ms": {}}
+    inputs = {"normal": make_inputs(B, H, T, D), "sharp": make_inputs(B, H, T, D, sharp=SHARP_FACTOR)}
+    cands = {}
+    for name, (q, k, v, do) in inputs.items():
+        cands[f"kernel|{name}"] = lambda q=q, k=k, v=v, do=do: kernel_fwd_bwd(q, k, v, do, H)
+        cands[f"kernel, no flush|{name}"] = lambda q=q, k=k, v=v, do=do: kernel_fwd_bwd(q, k, v, do, H, -np.inf)
+        cands[f"numpy|{name}"] = lambda q=q, k=k, v=v, do=do: numpy_fwd_bwd(q, k, v, do, H)
+        if use_torch:
+            cands[f"torch|{name}"] = make_torch(q, k, v, do, B, H)[0]
+    best = timer.measure(cands)
+    for key, t in best.items():
+        impl, which = key.split("|")
+        out["ms"].setdefault(impl, {})[which] = t * 1e3
+    # the sharp results are finite and right (float64 NumPy as the reference)
+    q, k, v, do = inputs["sharp"]
+    ref = numpy_fwd_bwd(*(x.astype(np.float64) for x in (q, k, v, do)), H)
+    ker = kernel_fwd_bwd(q, k, v, do, H)
+    out["sharp_finite"] = bool(all(np.isfinite(x).all() for x in ker))
+    out["sharp_errors_vs_float64"] = {n: max_rel_err(a, b) for n, a, b in zip(("o", "dq", "dk", "dv"), ker, ref)}
+    s = (q[:1].astype(np.float64) @ k[:1].transpose(0, 2, 1).astype(np.float64)) / math.sqrt(D)
+    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    gap = s - s.max(axis=-1, keepdims=True)
+    visible = np.isfinite(gap)
+    out["share_below_flush"] = float(np.mean(gap[visible] < attention_cpu.FLUSH_BELOW))
+    out["share_subnormal_range"] = float(np.mean((gap[visible] < -87.33) & (gap[visible] > -103.3)))
+    out["libm_exp_ns"] = libm_exp_costs()
+    return out
+
+
+def libm_exp_costs():
+    """ns per float32 exp through libm (math.exp in a jitted loop: what a naive kernel calls), for
+    results that are normal, subnormal, or underflow to 0 -- the slow paths the flush avoids."""
+    @numba.njit
+    def run(x, out):
+        for i in range(x.size):
+            out[i] = math.exp(x[i])
+
+    rng = np.random.default_rng(2)
+    res = {}
+    for name, lo, hi in (("normal", -10.0, 0.0), ("subnormal", -103.0, -88.0), ("zero", -200.0, -110.0)):
+        x = rng.uniform(lo, hi, 1 << 18).astype(np.float32)
+        out = np.empty_like(x)
+        run(x, out)
+        best = math.inf
+        for _ in range(5):
+            t = time.perf_counter()
+            run(x, out)
+            best = min(best, time.perf_counter() - t)
+        res[name] = best / x.size * 1e9
+    return res
+
+
+# ---- environment and printing -----------------------------------------------------------
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(args, torch_note):
+    import scipy
+    env = {
+        "python": sys.version.split()[0], "platform": platform.platform(), "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "numpy": np.__version__, "scipy": scipy.__version__, "numba": numba.__version__,
+        "torch": None if torch is None else torch.__version__,
+        "numba_threads": numba.get_num_threads(), "numba_threading_layer": None,
+        "blocks": {"fwd": [attention_cpu.FWD_BLOCK_Q, attention_cpu.FWD_BLOCK_K],
+                   "bwd": [attention_cpu.BWD_BLOCK_Q, attention_cpu.BWD_BLOCK_K]},
+        "flush_below": attention_cpu.FLUSH_BELOW,
+        "mode": "quick" if args.quick else "full",
+        "env": {v: os.environ.get(v) for v in _THREAD_VARS + ("NUMBA_NUM_THREADS", "OPENBLAS_CORETYPE")},
+        "env_before_script": dict(_ENV_BEFORE), "torch_note": torch_note,
+    }
+    try:
+        env["numba_threading_layer"] = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet
+        pass
+    if _HAVE_THREADPOOLCTL:
+        env["thread_limit_method"] = "threadpoolctl.threadpool_limits(1) + numba.set_num_threads(1)"
+        env["threadpools"] = [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads", "version",
+                                                     "architecture", "prefix")} for p in threadpool_info()]
+    else:
+        env["thread_limit_method"] = ("OMP/OPENBLAS/MKL_NUM_THREADS=1 and NUMBA_NUM_THREADS=1 set by the script "
+                                      "before importing numpy, + numba.set_num_threads(1)")
+        if _NUMPY_PRELOADED:
+            env["thread_limit_method"] += " -- WARNING: numpy was imported first, they may not apply"
+    if torch is not None:
+        env["torch_threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+    return env
+
+
+def print_header(env):
+    print("=" * 78)
+    print(f"minilm fused attention benchmark  ({env['mode']} run)")
+    print("=" * 78)
+    print(f"python {env['python']} on {env['platform']}")
+    la = env["loadavg_1_5_15"]
+    print(f"cpu: {env['cpu']}, {env['logical_cpus']} logical CPUs, load average "
+          f"{'?' if la is None else ' '.join(f'{v:.2f}' for v in la)} (1/5/15 min; other work on the machine adds noise)")
+    print(f"numpy {env['numpy']}, scipy {env['scipy']}, numba {env['numba']}, torch {env['torch'] or 'not installed'}")
+    print(f"threads limited by: {env['thread_limit_method']}")
+    for v in _THREAD_VARS + ("NUMBA_NUM_THREADS",):
+        before, now = env["env_before_script"][v], env["env"][v]
+        note = "" if before == now else f"  (was {before if before is not None else 'unset'})"
+        print(f"  {v}={now if now is not None else '(unset)'}{note}")
+    print(f"  numba threads {env['numba_threads']}"
+          + (f", torch intra-op {env['torch_threads']['intra_op']} inter-op {env['torch_threads']['inter_op']}"
+             if "torch_threads" in env else ""))
+    ct = env["env"]["OPENBLAS_CORETYPE"]
+    print(f"OPENBLAS_CORETYPE={ct} (left as found)" if ct is not None
+          else "OPENBLAS_CORETYPE unset (OpenBLAS picks its kernel for this CPU)")
+    b = env["blocks"]
+    print(f"kernel blocks (queries x keys): forward {b['fwd'][0]}x{b['fwd'][1]}, backward {b['bwd'][0]}x{b['bwd'][1]};"
+          f" exp flushed below {env['flush_below']:g}")
+    if env["torch_note"]:
+        print(f"NOTE: {env['torch_note']}")
+    print("timing: best of R repeats of M calls (gc off while timing), candidates interleaved;")
+    print("        compare the ratios of this run, not absolute times across runs or machines")
+
+
+def _mb(b):
+    return None if b is None else b / 2 ** 20
+
+
+def print_results(results, peak, use_torch):
+    print()
+    print("-" * 78)
+    print("A. causal attention, forward + backward, float32, one thread")
+    print("-" * 78)
+    print(f"NumPy float32 matmul peak (1024x1024x1024 sgemm, this run): {peak:.1f} GFLOP/s")
+    print("GFLOP count, the same for all: 2.5 x causal forward = 2.5 x 4*B*H*T^2*D/2 = 5*B*H*T^2*D")
+    print()
+    rows = []
+    for r in results:
+        s = r["shape"]
+        ms, gf = r["ms"], r["gflops"]
+        rows.append([f"({s['B']}, {s['H']}, {s['T']}, {s['D']})", f"{r['nominal_gflop']:.3f}",
+                     f"{ms['kernel']:.2f}", f"{ms['numpy']:.2f}", f"{ms['numpy_fused']:.2f}",
+                     _fmt(ms.get("torch"), "{:.2f}"), f"{r['speedup_vs_numpy']:.2f}",
+                     f"{r['speedup_vs_numpy_fused']:.2f}", _fmt(r["speedup_vs_torch"], "{:.2f}")])
+    print("time of forward + backward (ms) and speed-ups (other / kernel):")
+    print(_table(["(B, H, T, D)", "GFLOP", "kernel", "numpy", "numpy fused", "torch", "numpy/kernel",
+                  "fused/kernel", "torch/kernel"], rows))
+    print()
+    rows = []
+    for r in results:
+        s, gf = r["shape"], r["gflops"]
+        rows.append([f"({s['B']}, {s['H']}, {s['T']}, {s['D']})", f"{gf['kernel']:.1f}", f"{gf['numpy']:.1f}",
+                     f"{gf['numpy_fused']:.1f}", _fmt(gf.get("torch"), "{:.1f}"),
+                     f"{100 * gf['kernel'] / peak:.0f}%", _fmt(gf.get("torch") and 100 * gf["torch"] / peak, "{:.0f}%")])
+    print(f"GFLOP/s (5*B*H*T^2*D per forward + backward), next to the sgemm peak {peak:.1f}:")
+    print(_table(["(B, H, T, D)", "kernel", "numpy", "numpy fused", "torch", "kernel/peak", "torch/peak"], rows))
+    print()
+    print("peak extra memory of one forward + backward (MB; outputs and gradients included):")
+    rows = []
+    for r in results:
+        s, m = r["shape"], r["peak_extra_bytes"]
+        rows.append([f"({s['B']}, {s['H']}, {s['T']}, {s['D']})", f"{_mb(m['kernel']):.2f}", f"{_mb(m['numpy']):.2f}",
+                     f"{_mb(m['numpy_fused']):.2f}", _fmt(_mb(m.get("torch")), "{:.2f}"),
+                     f"{m['kernel'] / r['btd_bytes']:.2f}", f"{_mb(r['btd_bytes']):.2f}",
+                     f"{_mb(r['score_matrix_bytes']):.2f}"])
+    print(_table(["(B, H, T, D)", "kernel", "numpy", "numpy fused", "torch", "kernel / (B*H*T*D*4)",
+                  "one B*H*T*D array", "one B*H*T*T array"], rows))
+    print("(kernel and numpy: tracemalloc; torch: torch.profiler allocation events)")
+    print()
+    print("correctness, max |a - b| / max |b| over o, dq, dk, dv:")
+    for r in results:
+        s = r["shape"]
+        parts = [f"{pair}: {max(e.values()):.1e}" for pair, e in r["errors"].items()]
+        print(f"  ({s['B']}, {s['H']}, {s['T']}, {s['D']})  " + "   ".join(parts))
+    if not use_torch:
+        print("(torch columns skipped: see the note in the header)")
+
+
+def print_compile(c):
+    print()
+    print("-" * 78)
+    print("B. compile time and the on-disk cache (fresh processes, tiny input, forward + backward)")
+    print("-" * 78)
+    for run, what in (("cold", "empty Numba cache: compiles"), ("warm", "second process, finds the cache")):
+        r = c[run]
+        if "error" in r:
+            print(f"{run}: FAILED: {r['error']}")
+            continue
+        parts = [f"import {r['import_s']:.2f} s"]
+        for key, val in r.items():
+            if key.endswith("_first_call_s"):
+                dt = key.split("_")[0]
+                parts.append(f"{dt} first call {val:.2f} s (second {r[dt + '_second_call_s'] * 1e3:.1f} ms)")
+        print(f"{run} ({what}): " + ", ".join(parts))
+    print(f"cache files written: {c['cache_files']}")
+
+
+def print_sharp(r):
+    s = r["shape"]
+    print()
+    print("-" * 78)
+    print(f"C. subnormals: sharp attention (q x {r['factor']:g}) vs normal, ({s['B']}, {s['H']}, {s['T']}, {s['D']}), "
+          "forward + backward")
+    print("-" * 78)
+    print(f"sharp input: {100 * r['share_below_flush']:.1f}% of visible scores lie more than "
+          f"{-attention_cpu.FLUSH_BELOW:g} below their row max (flushed to 0), "
+          f"{100 * r['share_subnormal_range']:.1f}% in float32's subnormal range of exp")
+    rows = []
+    for impl, t in r["ms"].items():
+        rows.append([impl, f"{t['normal']:.2f}", f"{t['sharp']:.2f}", f"{t['sharp'] / t['normal']:.2f}"])
+    print(_table(["implementation", "normal ms", "sharp ms", "sharp / normal"], rows))
+    c = r["libm_exp_ns"]
+    print(f"for comparison, libm's float32 exp per element (a naive kernel's exp): normal {c['normal']:.2f} ns, "
+          f"subnormal result {c['subnormal']:.2f} ns, underflow to 0 {c['zero']:.2f} ns")
+    e = r["sharp_errors_vs_float64"]
+    print(f"kernel on the sharp input: all finite: {r['sharp_finite']}; max rel error vs float64 NumPy: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in e.items()))
+
+
+def targets(results, use_torch):
+    out = []
+    for r in results:
+        T = r["shape"]["T"]
+        tag = f"T={T}"
+        if T == 256:
+            out.append((f"{tag}: >= 2x faster than NumPy", r["speedup_vs_numpy"] >= 2.0, f"{r['speedup_vs_numpy']:.2f}x"
+                        f" (hand-fused NumPy, not a target: {r['speedup_vs_numpy_fused']:.2f}x)"))
+        if T >= 1024:
+            out.append((f"{tag}: >= 3x faster than NumPy", r["speedup_vs_numpy"] >= 3.0, f"{r['speedup_vs_numpy']:.2f}x"
+                        f" (hand-fused NumPy, not a target: {r['speedup_vs_numpy_fused']:.2f}x)"))
+        if use_torch:
+            out.append((f"{tag}: no slower than torch", r["speedup_vs_torch"] >= 1.0, f"{r['speedup_vs_torch']:.2f}x"))
+        per = r["peak_extra_bytes"]["kernel"] / r["btd_bytes"]
+        out.append((f"{tag}: extra memory O(T*D) (<= 16 B*H*T*D arrays)", per <= 16.0,
+                    f"{per:.1f} arrays; a score matrix = {r['score_matrix_bytes'] / r['btd_bytes']:.0f}"))
+    return out
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    Ts = [r["shape"]["T"] for r in results]
+    for impl, style in (("kernel", "o-"), ("numpy", "s--"), ("numpy_fused", "d-."), ("torch", "^:")):
+        ys = [r["ms"].get(impl) for r in results]
+        if all(y is not None for y in ys):
+            ax.plot(Ts, ys, style, label={"kernel": "minilm kernel (Numba, flash-style)", "numpy": "composed NumPy",
+                                          "numpy_fused": "NumPy fused by hand", "torch": "torch SDPA (is_causal)"}[impl])
+    for r in results:
+        s = r["shape"]
+        ax.annotate(f"B={s['B']} H={s['H']} D={s['D']}", (s["T"], r["ms"]["kernel"]), textcoords="offset points",
+                    xytext=(4, -12), fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("forward + backward, ms (one thread)")
+    ax.set_title("causal attention, float32")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- main ---------------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="drop T = 4096, fewer repeats, float32 compile only (~1 min instead of ~3)")
+    ap.add_argument("--out", metavar="DIR", help="also write DIR/bench_attention.json and DIR/bench_attention.png")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    use_torch = torch is not None
+    torch_note = None if use_torch else f"torch is not importable ({_TORCH_ERROR}); torch columns skipped"
+    timer = Timer(repeat=3, target_s=0.1) if args.quick else Timer(repeat=7, target_s=0.3)
+    shapes = SHAPES[:-1] if args.quick else SHAPES
+
+    # compile (or load from cache) before anything is timed
+    kernel_fwd_bwd(*make_inputs(1, 1, 8, 4), 1)
+    env = environment(args, torch_note)
+    print_header(env)
+    sys.stdout.flush()
+
+    peak = sgemm_peak(timer)
+    results = []
+    for shape in shapes:
+        results.append(run_shape(timer, shape, use_torch))
+    print_results(results, peak, use_torch)
+    sys.stdout.flush()
+
+    comp = compile_and_cache(args.quick)
+    print_compile(comp)
+    sys.stdout.flush()
+
+    sharp = run_sharp(timer, use_torch)
+    print_sharp(sharp)
+
+    checks = targets(results, use_torch)
+    print()
+    print("=" * 78)
+    print("targets")
+    print("=" * 78)
+    for what, ok, detail in checks:
+        print(f"{'PASS' if ok else 'MISS'}  {what}: {detail}")
+    bad = [f"{r['shape']} {pair} {n} {e:.1e}" for r in results for pair, errs in r["errors"].items()
+           for n, e in errs.items() if e > 1e-4]
+    if bad or not sharp["sharp_finite"] or max(sharp["sharp_errors_vs_float64"].values()) > 1e-4:
+        print("WRONG RESULTS: " + "; ".join(bad) + ("" if sharp["sharp_finite"] else "; sharp input not finite"))
+    elapsed = time.perf_counter() - t_start
+    print(f"\ntotal time {elapsed:.1f} s")
+
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, "bench_attention.json")
+        with open(path, "w") as f:
+            json.dump({"environment": env, "sgemm_peak_gflops": peak, "results": results, "compile": comp,
+                       "sharp": sharp, "targets": [{"what": w, "pass": ok, "detail": d} for w, ok, d in checks],
+                       "elapsed_s": elapsed}, f, indent=2)
+        png = os.path.join(args.out, "bench_attention.png")
+        plot(results, png)
+        print(f"results written to {path} and {png}")
+    return 1 if bad or not sharp["sharp_finite"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,625 @@
+"""Flash-style fused attention on the CPU: Numba, BLAS tiles, forward and backward.
+
+    O = softmax(Q Kᵀ · scale + mask) V          (per batch·head; Q: (T, D), K: (S, D), V: (S, Dv))
+
+The T×S score matrix is never held. For each block of queries the key blocks
+stream past with an *online softmax*: a running row max m, a running row sum l,
+and the output accumulator rescaled whenever m grows,
+
+    m' = max(m, rowmax(S_j))      P_j = exp(S_j − m')      α = exp(m − m')
+    l' = α l + rowsum(P_j)        O' = α O + P_j V_j       (at the end O /= l, lse = m + log l)
+
+so the forward keeps only O and the per-row log-sum-exp lse. The backward
+recomputes P from lse tile by tile, with D_i = rowsum(dO_i ∘ O_i):
+
+    P  = exp(Q_i K_jᵀ · scale − lse_i)    dV_j += Pᵀ dO_i     dP = dO_i V_jᵀ
+    dS = P ∘ (dP − D_i)                    dQ_i += scale · dS K_j     dK_j += scale · dSᵀ Q_i
+
+Visibility (the mask), for batch b = bh // n_heads, P = n_prefix prefix keys
+(Prefix-Tuning, Eq. P1), S − P ordinary keys and T queries that are the LAST T
+positions of those keys (decoding with a cache when S − P > T): key s is
+visible to query t iff
+
+    s < P   or   [(not causal or s − P ≤ t + (S − P − T)) and not key_padding[b, s − P]]
+
+A query row with no visible key gets o = 0, lse = −inf and contributes exactly
+zero gradient.
+
+What makes it fast (measured by benchmarks/bench_attention.py):
+
+* Every matrix product is one BLAS gemm on a tile, called straight from the
+  jitted code: SciPy's ``cython_blas`` ?gemm, the BLAS Numba itself uses for
+  ``np.dot``. No temporaries: ``beta = 1`` accumulates into O, dQ, dK, dV in
+  place, and transposes are gemm flags. Kᵀ and Vᵀ are copied once per head so
+  that the score products are (N, N) gemms too, and the tiles are 64 × 64:
+  with D ≤ 128 every product is then small enough (m·n·k ≤ 64·64·128) for
+  OpenBLAS's small-matrix kernels, which skip packing — ~100 GFLOP/s in place
+  here, where 128 × 128 tiles fall back to the packed path at ~80 — and which
+  never start BLAS threads of their own inside the parallel loop.
+* Tiles on the causal diagonal are cut into DIAG_SPLIT shorter tiles, each
+  only as wide as its last row can see; key blocks nobody sees (the causal
+  future, all-padding blocks) are skipped in both passes; inside a tile the
+  causal limit is a per-row column count, not a mask matrix.
+* exp is a branch-free polynomial that LLVM vectorises (float32; float64 uses
+  libm). Scores more than -FLUSH_BELOW below their row max give exactly 0
+  instead of subnormal floats: sharp attention makes most scores that small,
+  and what subnormals cost depends on the CPU (on the 2-core Zen 4 this was
+  measured on, fwd + bwd on scores × 50 is 9% slower without the flush and
+  unchanged with it; CPUs that take microcode assists on subnormals lose far
+  more). e^FLUSH_BELOW ≈ 1.6e-28 is far below either dtype's rounding, and
+  the kept values times O(1) numbers stay normal, so no result changes.
+* Batch·heads run in parallel (``numba.prange``, one worker per thread, each
+  with its own scratch, allocated by NumPy in the Python wrapper); compiled
+  code is cached on disk (``cache=True``), so only the first process compiles
+  (about 10 s per dtype for forward + backward, then ~0.2 s to load).
+
+Precision: float32 inputs accumulate O, l, dQ, dK, dV in float32 (as the gemms
+do): float64 accumulators for O and l were measured 2–4% slower forward and no
+more accurate (max error vs a float64 reference, relative to the largest entry,
+2.4e-7 for O either way at T = 256..4096; the gemms' own float32 sums dominate).
+lse is returned in float32 too: it is subtracted from float32 scores, whose own
+rounding it cannot beat, so float64 would only double its memory. float64
+inputs compute everything in float64.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numba
+
+# Numba's default OpenMP threading layer keeps its workers spinning after each
+# parallel region, where they fight NumPy's BLAS threads for the cores: a GPT
+# training step ran ~2x slower on 2 cores.  The workqueue layer's workers
+# sleep instead.  (It must not be entered from two Python threads at once; set
+# NUMBA_THREADING_LAYER yourself to choose another layer.)
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+import numpy as np
+from llvmlite import binding as _llvm
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import get_cython_function_address, intrinsic, overload
+
+# Tile sizes, queries × keys. Measured (forward and backward, one thread, the benchmark's
+# shapes, on a 2-core Zen 4): 64 × 64 is within a few % of the best everywhere and keeps
+# every tile product on OpenBLAS's unpacked small-matrix path for D ≤ 128. 64 × 128 is
+# 2–4% faster at D = 64 but leaves that path at D = 128, where OpenBLAS then starts threads
+# of its own inside the parallel loop (2x slower with two threads); 128 × 128 is 10–25%
+# slower at T ≥ 1024.
+FWD_BLOCK_Q = 64
+FWD_BLOCK_K = 64
+BWD_BLOCK_Q = 64
+BWD_BLOCK_K = 64
+# A tile that the causal diagonal crosses is done as this many shorter tiles, each only as
+# wide as its last row sees: forward + backward −20% at T = 64, −7% at T = 256, −3% at
+# T = 1024 against no split; 4 gains 2–5% more below T = 256 and loses 1–3% above.
+DIAG_SPLIT = 2
+
+# exp(x) for x < FLUSH_BELOW (x = score − row max) is taken as exactly 0.
+FLUSH_BELOW = -64.0
+
+# Finite stand-in for −inf inside the kernels (fast-math code must not see infs).
+_NEG = -1e30
+
+# Fast-math flags: no NaN/signed-zero care, FMA contraction, approximate
+# functions — but no reassociation, which could fold the two-constant range
+# reduction of the exp polynomial into one. Sums get reassociation too (that
+# is what lets LLVM vectorise them). No "ninf": the kernels test for −inf.
+_FM = {"nnan", "nsz", "arcp", "contract", "afn"}
+_FM_SUM = _FM | {"reassoc"}
+
+
+# ---- BLAS: SciPy's Fortran ?gemm, callable from jitted code and cacheable -----------------
+
+# Registered by name, so cached machine code links to it again in a new process.
+try:
+    _llvm.add_symbol("minilm_attention_sgemm", get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
+    _llvm.add_symbol("minilm_attention_dgemm", get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
+except ImportError as e:  # pragma: no cover - SciPy is a dependency
+    raise ImportError("minilm.kernels.attention_cpu needs SciPy: its BLAS (scipy.linalg.cython_blas) "
+                      "does the tile products; pip install scipy") from e
+
+_N, _T = 78, 84  # ord("N"), ord("T"): no transpose / transpose
+
+
+@intrinsic
+def _fortran_gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Column-major C = alpha op(A) op(B) + beta C; a, b, c are data addresses (intp).
+
+    Fortran BLAS takes every argument by reference, so the scalars are put on
+    the stack here and their addresses passed."""
+    if alpha not in (types.float32, types.float64) or beta != alpha:
+        return None
+    symbol = "minilm_attention_sgemm" if alpha == types.float32 else "minilm_attention_dgemm"
+    sig = types.void(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        i8, i32 = ir.IntType(8), ir.IntType(32)
+        flt = context.get_value_type(alpha)
+        fnty = ir.FunctionType(ir.VoidType(), [i8.as_pointer()] * 2 + [i32.as_pointer()] * 3
+                               + [flt.as_pointer(), flt.as_pointer(), i32.as_pointer(), flt.as_pointer(),
+                                  i32.as_pointer(), flt.as_pointer(), flt.as_pointer(), i32.as_pointer()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
+        tys = signature.args
+
+        def by_ref(i, to):
+            ty = {"i8": types.int8, "i32": types.int32, "f": alpha}[to]
+            val = context.cast(builder, args[i], tys[i], ty)
+            return cgutils.alloca_once_value(builder, val)
+
+        def address(i):
+            return builder.inttoptr(context.cast(builder, args[i], tys[i], types.intp), flt.as_pointer())
+
+        builder.call(fn, [by_ref(0, "i8"), by_ref(1, "i8"), by_ref(2, "i32"), by_ref(3, "i32"),
+                          by_ref(4, "i32"), by_ref(5, "f"), address(6), by_ref(7, "i32"), address(8),
+                          by_ref(9, "i32"), by_ref(10, "f"), address(11), by_ref(12, "i32")])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Row-major C (m×n) = alpha op(A) op(B) + beta C, op(A): m×k, op(B): k×n.
+
+    a, b, c are addresses of the first element, ld* the row strides. A row-major
+    matrix is the column-major matrix of its transpose, so this is the
+    column-major product Cᵀ = op(B)ᵀ op(A)ᵀ."""
+    _fortran_gemm(trans_b, trans_a, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
+
+
+@njit(inline="always")
+def _at(x, i, j, ncol):
+    """Address of row j of x[i] (x is C-contiguous (BH, rows, ncol))."""
+    return x.ctypes.data + (i * x.shape[1] + j) * ncol * x.itemsize
+
+
+# ---- exp ----------------------------------------------------------------------------------
+
+@intrinsic
+def _pow2_float32(typingctx, n):
+    """2**n for a whole-valued float32 n in [-126, 127]: the bits (n + 127) << 23."""
+    if n != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        e = builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127))
+        return builder.bitcast(builder.shl(e, ir.Constant(i32, 23)), ir.FloatType())
+
+    return types.float32(types.float32), codegen
+
+
+def _exp_or_zero(x, flush):
+    """exp(x) for x ≥ flush, exactly 0 below (x = score − row max ≤ 0); jitted below."""
+    return np.exp(x) if x >= flush else 0.0
+
+
+@overload(_exp_or_zero, jit_options={"fastmath": _FM})
+def _exp_or_zero_jit(x, flush):
+    if x == types.float32:
+        log2e = np.float32(1.4426950408889634)
+        ln2_hi = np.float32(0.693359375)        # few bits, so n · ln2_hi is exact
+        ln2_lo = np.float32(-2.12194440e-4)     # ln 2 − ln2_hi
+        c5, c4, c3 = np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3)
+        c2, c1, c0 = np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1)
+        one, half, zero = np.float32(1.0), np.float32(0.5), np.float32(0.0)
+        lowest = np.float32(-110.0)             # exp(-110) rounds to 0 in float32
+        two_m64 = np.float32(2.0 ** -64)
+
+        def exp32(x, flush):
+            # exp(y) = 2**n · exp(r), n = round(y / ln 2), |r| ≤ ln 2 / 2, exp(r) by a degree-7
+            # polynomial (Cephes' expf coefficients): about 1 ulp. 2**n is built from its bits in
+            # two steps, 2**(n + 64) · 2**-64, so that results below 2**-126 come out as the
+            # correctly rounded subnormals a libm would give (only when flush < -87).
+            y = max(x, lowest)
+            n = np.floor(y * log2e + half)
+            r = y - n * ln2_hi
+            r = r - n * ln2_lo
+            p = ((((((c5 * r + c4) * r + c3) * r + c2) * r + c1) * r + c0) * (r * r) + r) + one
+            e = p * _pow2_float32(n + np.float32(64.0)) * two_m64
+            return e if x >= flush else zero
+        return exp32
+    if x == types.float64:
+        return lambda x, flush: math.exp(x) if x >= flush else 0.0
+    return None
+
+
+@intrinsic
+def _maxnum(typingctx, a, b):
+    """LLVM's maxnum: a max that the loop vectoriser turns into a SIMD reduction
+    (Numba's own ``max`` and ``if x > m`` stay scalar)."""
+    if a != b or a not in (types.float32, types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.maxnum", [ty], ir.FunctionType(ty, [ty, ty]))
+        return builder.call(fn, args)
+
+    return a(a, b), codegen
+
+
+# ---- tile elementwise work (whole tiles per call: no per-row views or calls) ---------------
+#
+# A tile s holds rows × width scores (row stride = the block size). In row r only the
+# first n(r) = clip(lim + r, 0, width) columns are visible: lim = width for a block
+# with no causal cut, lim < width on the causal diagonal.
+
+@njit(fastmath=_FM)
+def _online_softmax_tile(s, rows, width, lim, m, alpha, flush):
+    """One key block of the online softmax. Per row r: m' = max(m[r], max s[r, :n]),
+    alpha[r] = exp(m[r] − m'), s[r, :n] = exp(s[r, :n] − m'), s[r, n:width] = 0, m[r] = m'.
+    A row that has seen no visible key yet keeps m = _NEG, gets zeros and alpha = 1."""
+    dt = s.dtype.type
+    neg, zero, one = dt(_NEG), dt(0), dt(1)
+    for r in range(rows):
+        n = min(width, max(0, lim + r))
+        m_new = m[r]
+        for c in range(n):
+            m_new = _maxnum(m_new, s[r, c])
+        if m_new == neg:
+            for c in range(width):
+                s[r, c] = zero
+            alpha[r] = one
+            continue
+        alpha[r] = _exp_or_zero(m[r] - m_new, flush)
+        for c in range(n):
+            s[r, c] = _exp_or_zero(s[r, c] - m_new, flush)
+        for c in range(n, width):
+            s[r, c] = zero
+        m[r] = m_new
+
+
+@njit(fastmath=_FM_SUM)
+def _rowsum_update(s, rows, width, l, alpha):
+    """l[r] = alpha[r] · l[r] + Σ_c s[r, c]."""
+    for r in range(rows):
+        acc = s.dtype.type(0)
+        for c in range(width):
+            acc += s[r, c]
+        l[r] = alpha[r] * l[r] + acc
+
+
+@njit(fastmath=_FM)
+def _scale_rows(x, bh, t0, rows, alpha):
+    """x[bh, t0 + r, :] *= alpha[r] where alpha[r] ≠ 1."""
+    one = x.dtype.type(1)
+    for r in range(rows):
+        a = alpha[r]
+        if a != one:
+            for c in range(x.shape[2]):
+                x[bh, t0 + r, c] *= a
+
+
+@njit(fastmath=_FM)
+def _probs_tile(s, rows, width, lim, lse, bh, t0, flush):
+    """P = exp(S − lse) on a score tile, in place; invisible columns and rows that saw
+    no key at all (lse = −inf) become 0."""
+    zero = s.dtype.type(0)
+    for r in range(rows):
+        shift = lse[bh, t0 + r]
+        n = min(width, max(0, lim + r)) if shift > -np.inf else 0
+        for c in range(n):
+            s[r, c] = _exp_or_zero(s[r, c] - shift, flush)
+        for c in range(n, width):
+            s[r, c] = zero
+
+
+@njit(fastmath=_FM)
+def _ds_tile(p, dp, rows, width, d_row, t0):
+    """dS = P ∘ (dP − D), written over dP."""
+    for r in range(rows):
+        d = d_row[t0 + r]
+        for c in range(width):
+            dp[r, c] = p[r, c] * (dp[r, c] - d)
+
+
+@njit(fastmath=_FM_SUM)
+def _rowsum_product(x, y, bh, out):
+    """out[t] = Σ_c x[bh, t, c] y[bh, t, c]  (D_t = rowsum(dO ∘ O))."""
+    for t in range(x.shape[1]):
+        acc = x.dtype.type(0)
+        for c in range(x.shape[2]):
+            acc += x[bh, t, c] * y[bh, t, c]
+        out[t] = acc
+
+
+@njit
+def _transpose_into(dst, src, bh):
+    """dst = src[bh]ᵀ, in column strips that stay in L1 (a plain loop: Numba's broadcasting
+    assignment would cost seconds of compile time)."""
+    n_rows, n_cols = src.shape[1], src.shape[2]
+    for s0 in range(0, n_rows, 16):
+        s1 = min(s0 + 16, n_rows)
+        for d in range(n_cols):
+            for s in range(s0, s1):
+                dst[d, s] = src[bh, s, d]
+
+
+# ---- visibility of a tile -----------------------------------------------------------------
+
+@njit(inline="always")
+def _visible_lim(t0, k0, k1, prefix_block, causal, n_prefix, offset):
+    """lim of the tile [t0, ·) × [k0, k1): row r sees columns [0, clip(lim + r, 0, k1 − k0))."""
+    if prefix_block or not causal:
+        return k1 - k0
+    return n_prefix + t0 + offset + 1 - k0
+
+
+@njit(inline="always")
+def _key_block(jb, n_prefix_blocks, n_prefix, block_k, s_end):
+    """The jb-th key block: prefix blocks tile [0, n_prefix), the others [n_prefix, s_end)."""
+    if jb < n_prefix_blocks:
+        k0 = jb * block_k
+        return k0, min(k0 + block_k, n_prefix), True
+    k0 = n_prefix + (jb - n_prefix_blocks) * block_k
+    return k0, min(k0 + block_k, s_end), False
+
+
+@njit
+def _mask_padding(s_tile, rows, k0, k1, n_prefix, pad, b):
+    """Scores of padding keys in [k0, k1) → _NEG (for every row of the tile)."""
+    u0, u1 = k0 - n_prefix, k1 - n_prefix
+    neg = s_tile.dtype.type(_NEG)
+    for u in range(u0, u1):
+        if pad[b, u]:
+            for r in range(rows):
+                s_tile[r, u - u0] = neg
+
+
+# ---- forward ------------------------------------------------------------------------------
+
+@njit
+def _forward_tile(q, kt, v, o, bh, i0, rows, k0, width, lim, s_tile, m, l, alpha, scale, flush,
+                  pad, b, n_prefix, n_pad):
+    """Queries [i0, i0 + rows) × keys [k0, k0 + width): one step of the online softmax.
+    m, l, alpha are the rows' running max, running sum and rescale factors."""
+    if width <= 0:
+        return
+    D, Dv, S = q.shape[2], v.shape[2], kt.shape[1]
+    BK = s_tile.shape[1]
+    zero, one = s_tile.dtype.type(0), s_tile.dtype.type(1)
+    # S_ij = scale · Q_i K_jᵀ                                                      (rows, width)
+    _gemm(_N, _N, rows, width, D, scale, _at(q, bh, i0, D), D, kt.ctypes.data + k0 * kt.itemsize, S,
+          zero, s_tile.ctypes.data, BK)
+    if n_pad > 0:
+        _mask_padding(s_tile, rows, k0, k0 + width, n_prefix, pad, b)
+    _online_softmax_tile(s_tile, rows, width, lim, m, alpha, flush)
+    _rowsum_update(s_tile, rows, width, l, alpha)
+    _scale_rows(o, bh, i0, rows, alpha)
+    # O_i = alpha ∘ O_i + P_ij V_j                                                 (rows, Dv)
+    _gemm(_N, _N, rows, Dv, width, one, s_tile.ctypes.data, BK, _at(v, bh, k0, Dv), Dv, one, _at(o, bh, i0, Dv), Dv)
+
+
+@njit(parallel=True, cache=True)
+def _forward_kernel(q, k, v, scale, causal, n_prefix, pad, pad_cum, n_heads, flush, o, lse,
+                    kt_buf, s_buf, row_buf):
+    """o, lse ← attention(q, k, v). Worker w (one per thread) owns the scratch kt_buf[w]
+    (D, S), s_buf[w] (BQ, BK), row_buf[w] (3, BQ) and the batch·heads w, w + W, w + 2W, …"""
+    BH, T, D = q.shape
+    S = k.shape[1]
+    BQ, BK = FWD_BLOCK_Q, FWD_BLOCK_K
+    dt = q.dtype.type
+    scale, flush = dt(scale), dt(flush)
+    one, zero = dt(1.0), dt(0.0)
+    offset = S - n_prefix - T          # main key u (= s − n_prefix) is visible to query t iff u ≤ t + offset
+    n_pb = (n_prefix + BK - 1) // BK   # key blocks of the prefix
+    has_pad = pad.shape[1] > 0
+    n_workers = kt_buf.shape[0]
+    for w in prange(n_workers):
+        kt = kt_buf[w]                  # Kᵀ: Q_i K_jᵀ becomes a plain (N, N) gemm, BLAS's fastest
+        s_tile = s_buf[w]
+        m, l, alpha = row_buf[w, 0], row_buf[w, 1], row_buf[w, 2]  # running max, running sum, rescale
+        for bh in range(w, BH, n_workers):
+            b = bh // n_heads
+            _transpose_into(kt, k, bh)
+            o[bh] = zero
+            for i0 in range(0, T, BQ):
+                rows = min(BQ, T - i0)
+                m[:] = dt(_NEG)
+                l[:] = zero
+                s_end = S
+                if causal:  # keys after the block's last query are invisible to all of it
+                    s_end = max(n_prefix, min(S, n_prefix + i0 + rows + offset))
+                for jb in range(n_pb + (s_end - n_prefix + BK - 1) // BK):
+                    k0, k1, prefix_block = _key_block(jb, n_pb, n_prefix, BK, s_end)
+                    width = k1 - k0
+                    n_pad = 0
+                    if has_pad and not prefix_block:
+                        n_pad = pad_cum[b, k1 - n_prefix] - pad_cum[b, k0 - n_prefix]
+                        if n_pad == width:
+                            continue  # all padding
+                    lim = _visible_lim(i0, k0, k1, prefix_block, causal, n_prefix, offset)
+                    if lim >= width:
+                        _forward_tile(q, kt, v, o, bh, i0, rows, k0, width, lim, s_tile, m, l, alpha, scale, flush,
+                                      pad, b, n_prefix, n_pad)
+                    else:  # the causal diagonal crosses the tile: DIAG_SPLIT shorter tiles, each
+                        for g in range(DIAG_SPLIT):  # only as wide as its last row can see
+                            r0, r1 = g * rows // DIAG_SPLIT, (g + 1) * rows // DIAG_SPLIT
+                            _forward_tile(q, kt, v, o, bh, i0 + r0, r1 - r0, k0, min(width, lim + r1 - 1), lim + r0,
+                                          s_tile, m[r0:], l[r0:], alpha[r0:], scale, flush, pad, b, n_prefix, n_pad)
+                for r in range(rows):  # O_i /= l, lse = m + log l
+                    if l[r] > zero:
+                        alpha[r] = one / l[r]
+                        lse[bh, i0 + r] = m[r] + math.log(l[r])
+                    else:  # no visible key: o = 0
+                        alpha[r] = zero
+                        lse[bh, i0 + r] = -np.inf
+                _scale_rows(o, bh, i0, rows, alpha)
+
+
+# ---- backward -----------------------------------------------------------------------------
+
+@njit
+def _backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, k0, width, lim, p_tile, dp_tile,
+                   scale, flush, pad, b, n_prefix, n_pad):
+    """Queries [i0, i0 + rows) × keys [k0, k0 + width): the five tile products of the backward."""
+    if width <= 0:
+        return
+    D, Dv, S = q.shape[2], do.shape[2], kt.shape[1]
+    BK = p_tile.shape[1]
+    zero, one = p_tile.dtype.type(0), p_tile.dtype.type(1)
+    # P_ij = exp(scale · Q_i K_jᵀ − lse_i)                                             (rows, width)
+    _gemm(_N, _N, rows, width, D, scale, _at(q, bh, i0, D), D, kt.ctypes.data + k0 * kt.itemsize, S,
+          zero, p_tile.ctypes.data, BK)
+    if n_pad > 0:
+        _mask_padding(p_tile, rows, k0, k0 + width, n_prefix, pad, b)
+    _probs_tile(p_tile, rows, width, lim, lse, bh, i0, flush)
+    # dV_j += P_ijᵀ dO_i                                                               (width, Dv)
+    _gemm(_T, _N, width, Dv, rows, one, p_tile.ctypes.data, BK, _at(do, bh, i0, Dv), Dv, one, _at(dv, bh, k0, Dv), Dv)
+    # dP_ij = dO_i V_jᵀ                                                                (rows, width)
+    _gemm(_N, _N, rows, width, Dv, one, _at(do, bh, i0, Dv), Dv, vt.ctypes.data + k0 * vt.itemsize, S,
+          zero, dp_tile.ctypes.data, BK)
+    # dS_ij = P_ij ∘ (dP_ij − D_i)
+    _ds_tile(p_tile, dp_tile, rows, width, d_row, i0)
+    # dQ_i += scale · dS_ij K_j                                                        (rows, D)
+    _gemm(_N, _N, rows, D, width, scale, dp_tile.ctypes.data, BK, _at(k, bh, k0, D), D, one, _at(dq, bh, i0, D), D)
+    # dK_j += scale · dS_ijᵀ Q_i                                                       (width, D)
+    _gemm(_T, _N, width, D, rows, scale, dp_tile.ctypes.data, BK, _at(q, bh, i0, D), D, one, _at(dk, bh, k0, D), D)
+
+
+@njit(parallel=True, cache=True)
+def _backward_kernel(q, k, v, o, lse, do, scale, causal, n_prefix, pad, pad_cum, n_heads, flush, dq, dk, dv,
+                     kt_buf, vt_buf, p_buf, dp_buf, d_buf):
+    """dq, dk, dv ← the attention's vector-Jacobian product with do. Worker w owns kt_buf[w]
+    (D, S), vt_buf[w] (Dv, S), p_buf[w] and dp_buf[w] (BQ, BK), d_buf[w] (T)."""
+    BH, T, D = q.shape
+    S = k.shape[1]
+    BQ, BK = BWD_BLOCK_Q, BWD_BLOCK_K
+    dt = q.dtype.type
+    scale, flush = dt(scale), dt(flush)
+    zero = dt(0.0)
+    offset = S - n_prefix - T
+    n_pb = (n_prefix + BK - 1) // BK
+    has_pad = pad.shape[1] > 0
+    n_workers = kt_buf.shape[0]
+    for w in prange(n_workers):
+        kt, vt = kt_buf[w], vt_buf[w]    # Kᵀ and Vᵀ: every tile product a fast (N, N) or (T, N) gemm
+        p_tile, dp_tile = p_buf[w], dp_buf[w]
+        d_row = d_buf[w]                 # D_t = rowsum(dO ∘ O)
+        for bh in range(w, BH, n_workers):
+            b = bh // n_heads
+            _transpose_into(kt, k, bh)
+            _transpose_into(vt, v, bh)
+            _rowsum_product(do, o, bh, d_row)
+            dq[bh] = zero
+            dk[bh] = zero
+            dv[bh] = zero
+            for jb in range(n_pb + (S - n_prefix + BK - 1) // BK):
+                k0, k1, prefix_block = _key_block(jb, n_pb, n_prefix, BK, S)
+                width = k1 - k0
+                n_pad = 0
+                if has_pad and not prefix_block:
+                    n_pad = pad_cum[b, k1 - n_prefix] - pad_cum[b, k0 - n_prefix]
+                    if n_pad == width:
+                        continue
+                t_first = 0
+                if causal and not prefix_block:  # the first query that sees key k0
+                    t_first = max(0, k0 - n_prefix - offset)
+                for i0 in range(t_first - t_first % BQ, T, BQ):
+                    rows = min(BQ, T - i0)
+                    lim = _visible_lim(i0, k0, k1, prefix_block, causal, n_prefix, offset)
+                    if lim >= width:
+                        _backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, k0, width, lim,
+                                       p_tile, dp_tile, scale, flush, pad, b, n_prefix, n_pad)
+                    else:  # on the causal diagonal: shorter tiles, as in the forward
+                        for g in range(DIAG_SPLIT):
+                            r0, r1 = g * rows // DIAG_SPLIT, (g + 1) * rows // DIAG_SPLIT
+                            _backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0 + r0, r1 - r0, k0,
+                                           min(width, lim + r1 - 1), lim + r0, p_tile, dp_tile, scale, flush, pad, b,
+                                           n_prefix, n_pad)
+
+
+# ---- public entry points ------------------------------------------------------------------
+
+def _check(q, k, v, n_prefix, key_padding, n_heads, extra=()):
+    arrays = {"q": q, "k": k, "v": v, **dict(extra)}
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"attention_cpu: {name} must be a NumPy array, got {type(a).__name__}")
+        if a.dtype not in (np.float32, np.float64):
+            raise TypeError(f"attention_cpu: {name} must be float32 or float64, got {a.dtype}")
+        if a.dtype != q.dtype:
+            raise TypeError(f"attention_cpu: {name} is {a.dtype} but q is {q.dtype}; all must share one dtype")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"attention_cpu: {name} must be C-contiguous")
+    if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+        raise ValueError(f"attention_cpu: q, k, v must be 3-D (BH, len, dim), "
+                         f"got shapes {q.shape}, {k.shape}, {v.shape}")
+    BH, T, D = q.shape
+    S = k.shape[1]
+    if k.shape != (BH, S, D) or v.shape[:2] != (BH, S):
+        raise ValueError(f"attention_cpu: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit "
+                         "q (BH, T, D), k (BH, S, D), v (BH, S, Dv)")
+    if not 0 <= n_prefix <= S:
+        raise ValueError(f"attention_cpu: n_prefix = {n_prefix} outside [0, S = {S}]")
+    if n_heads < 1 or BH % n_heads:
+        raise ValueError(f"attention_cpu: BH = {BH} is not a multiple of n_heads = {n_heads}")
+    B = BH // n_heads
+    if key_padding is None:
+        pad = np.zeros((B, 0), np.bool_)
+        pad_cum = np.zeros((B, 1), np.int64)
+    else:
+        key_padding = np.asarray(key_padding)
+        if key_padding.shape != (B, S - n_prefix):
+            raise ValueError(f"attention_cpu: key_padding has shape {key_padding.shape}, expected "
+                             f"(B, S - n_prefix) = ({B}, {S - n_prefix})")
+        if key_padding.dtype not in (np.bool_, np.uint8):
+            raise TypeError(f"attention_cpu: key_padding must be bool or uint8, got {key_padding.dtype}")
+        pad = np.ascontiguousarray(key_padding.astype(np.bool_, copy=False))
+        pad_cum = np.zeros((B, S - n_prefix + 1), np.int64)
+        np.cumsum(pad, axis=1, out=pad_cum[:, 1:])
+    return pad, pad_cum
+
+
+def _n_workers(bh):
+    return max(1, min(numba.get_num_threads(), bh))
+
+
+def _forward(q, k, v, scale, causal, n_prefix, key_padding, n_heads, flush_below):
+    pad, pad_cum = _check(q, k, v, int(n_prefix), key_padding, int(n_heads))
+    BH, T, D = q.shape
+    S = k.shape[1]
+    W = _n_workers(BH)
+    o = np.empty((BH, T, v.shape[2]), q.dtype)
+    lse = np.empty((BH, T), q.dtype)
+    _forward_kernel(q, k, v, float(scale), bool(causal), int(n_prefix), pad, pad_cum, int(n_heads),
+                    float(flush_below), o, lse,
+                    np.empty((W, D, S), q.dtype), np.empty((W, FWD_BLOCK_Q, FWD_BLOCK_K), q.dtype),
+                    np.empty((W, 3, FWD_BLOCK_Q), q.dtype))
+    return o, lse
+
+
+def _backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads, flush_below):
+    pad, pad_cum = _check(q, k, v, int(n_prefix), key_padding, int(n_heads),
+                          extra=(("o", o), ("lse", lse), ("do", do)))
+    BH, T, D = q.shape
+    S, Dv = k.shape[1], v.shape[2]
+    if o.shape != (BH, T, Dv) or do.shape != (BH, T, Dv) or lse.shape != (BH, T):
+        raise ValueError(f"attention_cpu: o {o.shape}, do {do.shape}, lse {lse.shape} do not fit "
+                         f"(BH, T, Dv) = {(BH, T, Dv)} and (BH, T)")
+    W = _n_workers(BH)
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    _backward_kernel(q, k, v, o, lse, do, float(scale), bool(causal), int(n_prefix), pad, pad_cum, int(n_heads),
+                     float(flush_below), dq, dk, dv,
+                     np.empty((W, D, S), q.dtype), np.empty((W, Dv, S), q.dtype),
+                     np.empty((W, BWD_BLOCK_Q, BWD_BLOCK_K), q.dtype),
+                     np.empty((W, BWD_BLOCK_Q, BWD_BLOCK_K), q.dtype), np.empty((W, T), q.dtype))
+    return dq, dk, dv
+
+
+def forward(q, k, v, scale, causal, n_prefix, key_padding, n_heads):
+    """(o, lse): o (BH, T, Dv) = softmax(q kᵀ · scale, masked) v, lse (BH, T) its row log-sum-exp.
+
+    q (BH, T, D), k (BH, S, D), v (BH, S, Dv): C-contiguous, all float32 or all
+    float64. key_padding: None or bool/uint8 (B, S − n_prefix), True = padding.
+    lse has q's dtype; rows that see no key get o = 0 and lse = −inf."""
+    return _forward(q, k, v, scale, causal, n_prefix, key_padding, n_heads, FLUSH_BELOW)
+
+
+def backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads):
+    """(dq, dk, dv) of the attention computed by ``forward`` (which returned o, lse), given dL/do."""
+    return _backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads, FLUSH_BELOW)
