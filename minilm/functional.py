@@ -461,7 +461,7 @@ def _attention_args(q, k, v, causal, key_padding_mask, scale, n_prefix, name):
     if key_padding_mask is not None:
         kpm = _bool_array(key_padding_mask, q, name)
         if tuple(kpm.shape) != (B, S - n_prefix):
-            raise ValueError(f"{name}: key_padding_mask must be (B, S) = {(B, S - n_prefix)}, got {tuple(kpm.shape)}")
+            raise ValueError(f"{name}: key_padding_mask must be (B, S − n_prefix) = {(B, S - n_prefix)}, got {tuple(kpm.shape)}")
     return kpm, (1.0 / math.sqrt(D) if scale is None else float(scale))
 
 
