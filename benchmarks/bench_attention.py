@@ -53,123 +53,38 @@ and torch's (relative error, float32); a mismatch is reported and the exit statu
 Both sides run on ONE thread (the fair, stable comparison on 2-core machines):
 ``numba.set_num_threads(1)`` and NUMBA_NUM_THREADS=1, ``torch.set_num_threads(1)``; BLAS
 (NumPy's, and SciPy's that the kernel calls) through threadpoolctl when it is installed,
-otherwise through OMP/OPENBLAS/MKL_NUM_THREADS=1 set below, before NumPy is imported.
+otherwise through OMP/OPENBLAS/MKL_NUM_THREADS=1 set by ``_common`` (imported first), before
+NumPy is imported.
 OPENBLAS_CORETYPE is reported and never changed. Read the ratios of one run, not
 absolute times across runs.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
+import _common  # first: limits BLAS threads before NumPy is imported (see its docstring)
 
-# ---- threads: must happen before NumPy (or torch, or numba) is imported ----------------
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-_ENV_BEFORE = {v: os.environ.get(v) for v in _THREAD_VARS + ("NUMBA_NUM_THREADS",)}
-_HAVE_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
-_NUMPY_PRELOADED = "numpy" in sys.modules
-if not _HAVE_THREADPOOLCTL:
-    for _v in _THREAD_VARS:
-        os.environ[_v] = "1"
-os.environ["NUMBA_NUM_THREADS"] = "1"  # threadpoolctl does not reach Numba's own pool
+_common.limit_numba_threads()  # NUMBA_NUM_THREADS=1, before numba is imported
 
-import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
-import tracemalloc  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-try:
-    import torch  # noqa: E402
-    _TORCH_ERROR = None
-except Exception as e:  # not installed, or a broken install: skip its columns
-    torch = None
-    _TORCH_ERROR = f"{type(e).__name__}: {e}"
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)  # measure this checkout's minilm
 
 import numba  # noqa: E402
+import numpy as np  # noqa: E402
 
+from _common import (NUMBA_VAR, REPO, THREAD_VARS, TORCH_ERROR, LongCallTimer, banner, fmt, mb,  # noqa: E402
+                     table, torch, tracemalloc_peak)
 from minilm.kernels import attention_cpu  # noqa: E402
 
-numba.set_num_threads(1)
-_THREADPOOL_LIMITER = None
-if _HAVE_THREADPOOLCTL:
-    import scipy.linalg  # noqa: E402,F401  (load SciPy's BLAS, so that the limit reaches it too)
-    from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
-    _THREADPOOL_LIMITER = threadpool_limits(limits=1)
-if torch is not None:
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set, or parallel work already started
-        pass
+_common.limit_loaded_threads(numba=True, scipy_blas=True)  # Numba's pool, every BLAS (SciPy's too), torch
 
 SHAPES = [(12, 4, 64, 32), (8, 6, 256, 64), (1, 8, 1024, 64), (1, 8, 4096, 64)]
 SHARP_SHAPE, SHARP_FACTOR = (1, 8, 1024, 64), 50.0
-
-
-# ---- timing --------------------------------------------------------------------------
-
-class Timer:
-    """Best-of-R-repeats-of-M-loops timing, with the candidates interleaved."""
-
-    def __init__(self, repeat: int, target_s: float):
-        self.repeat, self.target_s = repeat, target_s
-
-    @staticmethod
-    def _run(fn, number):
-        gc_was = gc.isenabled()
-        gc.disable()
-        try:
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            return time.perf_counter() - t0
-        finally:
-            if gc_was:
-                gc.enable()
-
-    def _calibrate(self, fn):
-        t = self._run(fn, 1)  # warm-up: caches, lazy imports, allocator pools
-        if t < self.target_s:
-            t = self._run(fn, 1)
-        return max(1, min(100_000, int(math.ceil(self.target_s / max(t, 1e-9)))))
-
-    def measure(self, candidates: dict) -> dict:
-        """{name: fn} -> {name: best seconds per call}."""
-        numbers = {k: self._calibrate(f) for k, f in candidates.items()}
-        best = {k: math.inf for k in candidates}
-        names = list(candidates)
-        for i in range(self.repeat):
-            gc.collect()
-            for k in names[i % len(names):] + names[:i % len(names)]:  # rotate who goes first
-                best[k] = min(best[k], self._run(candidates[k], numbers[k]) / numbers[k])
-        return best
-
-
-def _table(header, rows, aligns=None):
-    """Plain text table: first column left-aligned, the rest right-aligned."""
-    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    aligns = aligns or ["<"] + [">"] * (len(header) - 1)
-    line = lambda r: "  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, aligns, widths))  # noqa: E731
-    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in cells[1:]]
-    return "\n".join(out)
-
-
-def _fmt(v, spec="{:.1f}", none="-"):
-    return none if v is None else spec.format(v)
 
 
 # ---- the three implementations ----------------------------------------------------------
@@ -262,21 +177,6 @@ def max_rel_err(a, b):
 
 # ---- memory -----------------------------------------------------------------------------
 
-def tracemalloc_peak(fn):
-    """Peak bytes allocated through Python/NumPy during fn(), over what was live before."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        out = fn()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    del out
-    return peak - before
-
-
 def torch_peak(step):
     """Peak bytes allocated by torch's CPU allocator during step(), from torch.profiler's
     allocation events (the running 'Total Allocated' of the trace, peak minus start)."""
@@ -314,7 +214,7 @@ def compile_and_cache(quick):
         import json, sys, time
         t0 = time.perf_counter()
         import numpy as np
-        sys.path.insert(0, {_REPO!r})
+        sys.path.insert(0, {REPO!r})
         from minilm.kernels import attention_cpu as A
         res = {{"import_s": time.perf_counter() - t0}}
         for dt in {dtypes!r}:
@@ -356,7 +256,7 @@ def run_shape(timer, shape, use_torch):
         errors["numpy_vs_torch"] = {n: max_rel_err(a, b) for n, a, b in zip(names, ref, tr)}
     del ref, ker
     best = timer.measure(cands)
-    mem = {k: tracemalloc_peak(cands[k]) for k in ("kernel", "numpy", "numpy_fused")}
+    mem = {k: tracemalloc_peak(cands[k])[0] for k in ("kernel", "numpy", "numpy_fused")}
     if use_torch:
         mem["torch"] = torch_peak(cands["torch"])
     flop = 2.5 * 4 * B * H * T * T * D / 2   # 5·B·H·T²·D
@@ -428,71 +328,41 @@ def libm_exp_costs():
 
 # ---- environment and printing -----------------------------------------------------------
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(args, torch_note):
     import scipy
     env = {
-        "python": sys.version.split()[0], "platform": platform.platform(), "cpu": _cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "numpy": np.__version__, "scipy": scipy.__version__, "numba": numba.__version__,
+        **_common.machine_env(), "scipy": scipy.__version__, "numba": numba.__version__,
         "torch": None if torch is None else torch.__version__,
         "numba_threads": numba.get_num_threads(), "numba_threading_layer": None,
         "blocks": {"fwd": [attention_cpu.FWD_BLOCK_Q, attention_cpu.FWD_BLOCK_K],
                    "bwd": [attention_cpu.BWD_BLOCK_Q, attention_cpu.BWD_BLOCK_K]},
         "flush_below": attention_cpu.FLUSH_BELOW,
         "mode": "quick" if args.quick else "full",
-        "env": {v: os.environ.get(v) for v in _THREAD_VARS + ("NUMBA_NUM_THREADS", "OPENBLAS_CORETYPE")},
-        "env_before_script": dict(_ENV_BEFORE), "torch_note": torch_note,
+        "env": _common.env_vars(THREAD_VARS + (NUMBA_VAR, "OPENBLAS_CORETYPE")),
+        "env_before_script": _common.env_before_script(THREAD_VARS + (NUMBA_VAR,)), "torch_note": torch_note,
+        **_common.thread_env(
+            via_threadpoolctl="threadpoolctl.threadpool_limits(1) + numba.set_num_threads(1)",
+            via_env=("OMP/OPENBLAS/MKL_NUM_THREADS=1 and NUMBA_NUM_THREADS=1 set by the script "
+                     "before importing numpy, + numba.set_num_threads(1)"),
+            preloaded_warning=" -- WARNING: numpy was imported first, they may not apply"),
     }
     try:
         env["numba_threading_layer"] = numba.threading_layer()
     except ValueError:  # no parallel region has run yet
         pass
-    if _HAVE_THREADPOOLCTL:
-        env["thread_limit_method"] = "threadpoolctl.threadpool_limits(1) + numba.set_num_threads(1)"
-        env["threadpools"] = [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads", "version",
-                                                     "architecture", "prefix")} for p in threadpool_info()]
-    else:
-        env["thread_limit_method"] = ("OMP/OPENBLAS/MKL_NUM_THREADS=1 and NUMBA_NUM_THREADS=1 set by the script "
-                                      "before importing numpy, + numba.set_num_threads(1)")
-        if _NUMPY_PRELOADED:
-            env["thread_limit_method"] += " -- WARNING: numpy was imported first, they may not apply"
-    if torch is not None:
-        env["torch_threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
     return env
 
 
 def print_header(env):
-    print("=" * 78)
-    print(f"minilm fused attention benchmark  ({env['mode']} run)")
-    print("=" * 78)
-    print(f"python {env['python']} on {env['platform']}")
-    la = env["loadavg_1_5_15"]
-    print(f"cpu: {env['cpu']}, {env['logical_cpus']} logical CPUs, load average "
-          f"{'?' if la is None else ' '.join(f'{v:.2f}' for v in la)} (1/5/15 min; other work on the machine adds noise)")
+    banner(f"minilm fused attention benchmark  ({env['mode']} run)")
+    _common.print_machine(env)
     print(f"numpy {env['numpy']}, scipy {env['scipy']}, numba {env['numba']}, torch {env['torch'] or 'not installed'}")
     print(f"threads limited by: {env['thread_limit_method']}")
-    for v in _THREAD_VARS + ("NUMBA_NUM_THREADS",):
-        before, now = env["env_before_script"][v], env["env"][v]
-        note = "" if before == now else f"  (was {before if before is not None else 'unset'})"
-        print(f"  {v}={now if now is not None else '(unset)'}{note}")
+    _common.print_thread_vars(env, THREAD_VARS + (NUMBA_VAR,))
     print(f"  numba threads {env['numba_threads']}"
           + (f", torch intra-op {env['torch_threads']['intra_op']} inter-op {env['torch_threads']['inter_op']}"
              if "torch_threads" in env else ""))
-    ct = env["env"]["OPENBLAS_CORETYPE"]
-    print(f"OPENBLAS_CORETYPE={ct} (left as found)" if ct is not None
-          else "OPENBLAS_CORETYPE unset (OpenBLAS picks its kernel for this CPU)")
+    _common.print_coretype(env, " (left as found)")
     b = env["blocks"]
     print(f"kernel blocks (queries x keys): forward {b['fwd'][0]}x{b['fwd'][1]}, backward {b['bwd'][0]}x{b['bwd'][1]};"
           f" exp flushed below {env['flush_below']:g}")
@@ -502,15 +372,9 @@ def print_header(env):
     print("        compare the ratios of this run, not absolute times across runs or machines")
 
 
-def _mb(b):
-    return None if b is None else b / 2 ** 20
-
-
 def print_results(results, peak, use_torch):
     print()
-    print("-" * 78)
-    print("A. causal attention, forward + backward, float32, one thread")
-    print("-" * 78)
+    banner("A. causal attention, forward + backward, float32, one thread", char="-")
     print(f"NumPy float32 matmul peak (1024x1024x1024 sgemm, this run): {peak:.1f} GFLOP/s")
     print("GFLOP count, the same for all: 2.5 x causal forward = 2.5 x 4*B*H*T^2*D/2 = 5*B*H*T^2*D")
     print()
@@ -520,31 +384,31 @@ def print_results(results, peak, use_torch):
         ms, gf = r["ms"], r["gflops"]
         rows.append([f"({s['B']}, {s['H']}, {s['T']}, {s['D']})", f"{r['nominal_gflop']:.3f}",
                      f"{ms['kernel']:.2f}", f"{ms['numpy']:.2f}", f"{ms['numpy_fused']:.2f}",
-                     _fmt(ms.get("torch"), "{:.2f}"), f"{r['speedup_vs_numpy']:.2f}",
-                     f"{r['speedup_vs_numpy_fused']:.2f}", _fmt(r["speedup_vs_torch"], "{:.2f}")])
+                     fmt(ms.get("torch"), "{:.2f}"), f"{r['speedup_vs_numpy']:.2f}",
+                     f"{r['speedup_vs_numpy_fused']:.2f}", fmt(r["speedup_vs_torch"], "{:.2f}")])
     print("time of forward + backward (ms) and speed-ups (other / kernel):")
-    print(_table(["(B, H, T, D)", "GFLOP", "kernel", "numpy", "numpy fused", "torch", "numpy/kernel",
-                  "fused/kernel", "torch/kernel"], rows))
+    print(table(["(B, H, T, D)", "GFLOP", "kernel", "numpy", "numpy fused", "torch", "numpy/kernel",
+                 "fused/kernel", "torch/kernel"], rows))
     print()
     rows = []
     for r in results:
         s, gf = r["shape"], r["gflops"]
         rows.append([f"({s['B']}, {s['H']}, {s['T']}, {s['D']})", f"{gf['kernel']:.1f}", f"{gf['numpy']:.1f}",
-                     f"{gf['numpy_fused']:.1f}", _fmt(gf.get("torch"), "{:.1f}"),
-                     f"{100 * gf['kernel'] / peak:.0f}%", _fmt(gf.get("torch") and 100 * gf["torch"] / peak, "{:.0f}%")])
+                     f"{gf['numpy_fused']:.1f}", fmt(gf.get("torch"), "{:.1f}"),
+                     f"{100 * gf['kernel'] / peak:.0f}%", fmt(gf.get("torch") and 100 * gf["torch"] / peak, "{:.0f}%")])
     print(f"GFLOP/s (5*B*H*T^2*D per forward + backward), next to the sgemm peak {peak:.1f}:")
-    print(_table(["(B, H, T, D)", "kernel", "numpy", "numpy fused", "torch", "kernel/peak", "torch/peak"], rows))
+    print(table(["(B, H, T, D)", "kernel", "numpy", "numpy fused", "torch", "kernel/peak", "torch/peak"], rows))
     print()
     print("peak extra memory of one forward + backward (MB; outputs and gradients included):")
     rows = []
     for r in results:
         s, m = r["shape"], r["peak_extra_bytes"]
-        rows.append([f"({s['B']}, {s['H']}, {s['T']}, {s['D']})", f"{_mb(m['kernel']):.2f}", f"{_mb(m['numpy']):.2f}",
-                     f"{_mb(m['numpy_fused']):.2f}", _fmt(_mb(m.get("torch")), "{:.2f}"),
-                     f"{m['kernel'] / r['btd_bytes']:.2f}", f"{_mb(r['btd_bytes']):.2f}",
-                     f"{_mb(r['score_matrix_bytes']):.2f}"])
-    print(_table(["(B, H, T, D)", "kernel", "numpy", "numpy fused", "torch", "kernel / (B*H*T*D*4)",
-                  "one B*H*T*D array", "one B*H*T*T array"], rows))
+        rows.append([f"({s['B']}, {s['H']}, {s['T']}, {s['D']})", f"{mb(m['kernel']):.2f}", f"{mb(m['numpy']):.2f}",
+                     f"{mb(m['numpy_fused']):.2f}", fmt(mb(m.get("torch")), "{:.2f}"),
+                     f"{m['kernel'] / r['btd_bytes']:.2f}", f"{mb(r['btd_bytes']):.2f}",
+                     f"{mb(r['score_matrix_bytes']):.2f}"])
+    print(table(["(B, H, T, D)", "kernel", "numpy", "numpy fused", "torch", "kernel / (B*H*T*D*4)",
+                 "one B*H*T*D array", "one B*H*T*T array"], rows))
     print("(kernel and numpy: tracemalloc; torch: torch.profiler allocation events)")
     print()
     print("correctness, max |a - b| / max |b| over o, dq, dk, dv:")
@@ -558,9 +422,7 @@ def print_results(results, peak, use_torch):
 
 def print_compile(c):
     print()
-    print("-" * 78)
-    print("B. compile time and the on-disk cache (fresh processes, tiny input, forward + backward)")
-    print("-" * 78)
+    banner("B. compile time and the on-disk cache (fresh processes, tiny input, forward + backward)", char="-")
     for run, what in (("cold", "empty Numba cache: compiles"), ("warm", "second process, finds the cache")):
         r = c[run]
         if "error" in r:
@@ -578,17 +440,15 @@ def print_compile(c):
 def print_sharp(r):
     s = r["shape"]
     print()
-    print("-" * 78)
-    print(f"C. subnormals: sharp attention (q x {r['factor']:g}) vs normal, ({s['B']}, {s['H']}, {s['T']}, {s['D']}), "
-          "forward + backward")
-    print("-" * 78)
+    banner(f"C. subnormals: sharp attention (q x {r['factor']:g}) vs normal, ({s['B']}, {s['H']}, {s['T']}, {s['D']}), "
+           "forward + backward", char="-")
     print(f"sharp input: {100 * r['share_below_flush']:.1f}% of visible scores lie more than "
           f"{-attention_cpu.FLUSH_BELOW:g} below their row max (flushed to 0), "
           f"{100 * r['share_subnormal_range']:.1f}% in float32's subnormal range of exp")
     rows = []
     for impl, t in r["ms"].items():
         rows.append([impl, f"{t['normal']:.2f}", f"{t['sharp']:.2f}", f"{t['sharp'] / t['normal']:.2f}"])
-    print(_table(["implementation", "normal ms", "sharp ms", "sharp / normal"], rows))
+    print(table(["implementation", "normal ms", "sharp ms", "sharp / normal"], rows))
     c = r["libm_exp_ns"]
     print(f"for comparison, libm's float32 exp per element (a naive kernel's exp): normal {c['normal']:.2f} ns, "
           f"subnormal result {c['subnormal']:.2f} ns, underflow to 0 {c['zero']:.2f} ns")
@@ -646,16 +506,16 @@ def plot(results, path):
 # ---- main ---------------------------------------------------------------------------------
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _common.arg_parser(__doc__)
     ap.add_argument("--quick", action="store_true",
                     help="drop T = 4096, fewer repeats, float32 compile only (~1 min instead of ~3)")
     ap.add_argument("--out", metavar="DIR", help="also write DIR/bench_attention.json and DIR/bench_attention.png")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     use_torch = torch is not None
-    torch_note = None if use_torch else f"torch is not importable ({_TORCH_ERROR}); torch columns skipped"
-    timer = Timer(repeat=3, target_s=0.1) if args.quick else Timer(repeat=7, target_s=0.3)
+    torch_note = None if use_torch else f"torch is not importable ({TORCH_ERROR}); torch columns skipped"
+    timer = LongCallTimer(repeat=3, target_s=0.1, rotate=True) if args.quick else \
+        LongCallTimer(repeat=7, target_s=0.3, rotate=True)
     shapes = SHAPES[:-1] if args.quick else SHAPES
 
     # compile (or load from cache) before anything is timed
@@ -680,9 +540,7 @@ def main(argv=None):
 
     checks = targets(results, use_torch)
     print()
-    print("=" * 78)
-    print("targets")
-    print("=" * 78)
+    banner("targets")
     for what, ok, detail in checks:
         print(f"{'PASS' if ok else 'MISS'}  {what}: {detail}")
     bad = [f"{r['shape']} {pair} {n} {e:.1e}" for r in results for pair, errs in r["errors"].items()
@@ -693,12 +551,11 @@ def main(argv=None):
     print(f"\ntotal time {elapsed:.1f} s")
 
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "bench_attention.json")
-        with open(path, "w") as f:
-            json.dump({"environment": env, "sgemm_peak_gflops": peak, "results": results, "compile": comp,
-                       "sharp": sharp, "targets": [{"what": w, "pass": ok, "detail": d} for w, ok, d in checks],
-                       "elapsed_s": elapsed}, f, indent=2)
+        path = _common.write_json(args.out, "bench_attention.json",
+                                  {"environment": env, "sgemm_peak_gflops": peak, "results": results,
+                                   "compile": comp, "sharp": sharp,
+                                   "targets": [{"what": w, "pass": ok, "detail": d} for w, ok, d in checks],
+                                   "elapsed_s": elapsed})
         png = os.path.join(args.out, "bench_attention.png")
         plot(results, png)
         print(f"results written to {path} and {png}")

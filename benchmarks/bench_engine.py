@@ -17,9 +17,9 @@ backward).
 
 Both sides run on ONE thread (the fair, stable comparison on 2-core
 machines): ``torch.set_num_threads(1)``; BLAS through threadpoolctl when it is
-installed, otherwise through OMP/OPENBLAS/MKL_NUM_THREADS=1 set below, before
-NumPy is imported.  The header says which.  OPENBLAS_CORETYPE is reported and
-never changed.
+installed, otherwise through OMP/OPENBLAS/MKL_NUM_THREADS=1 set by
+``_common`` (imported first), before NumPy is imported.  The header says
+which.  OPENBLAS_CORETYPE is reported and never changed.
 
 Timings are best of R repeats of M loops (as timeit), candidates interleaved
 repeat by repeat so that a slow moment of a shared machine hits all of them;
@@ -29,102 +29,20 @@ ends with a device synchronize.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
+import _common  # first: limits BLAS threads before NumPy is imported (see its docstring)
+
+import functools
+import math
 import sys
+import time
 
-# ---- threads: must happen before NumPy (or torch) is imported -----------------------
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-_ENV_BEFORE = {v: os.environ.get(v) for v in _THREAD_VARS}
-_HAVE_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
-_NUMPY_PRELOADED = "numpy" in sys.modules  # imported as a module by something that loaded numpy first
-if not _HAVE_THREADPOOLCTL:
-    for _v in _THREAD_VARS:
-        os.environ[_v] = "1"
+import numpy as np
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
+import minilm
+import minilm.functional as F
+from _common import THREAD_VARS, TORCH_ERROR, Timer, banner, fmt, ratio, table, torch
 
-import numpy as np  # noqa: E402
-
-try:
-    import torch  # noqa: E402
-    _TORCH_ERROR = None
-except Exception as e:  # not installed, or a broken install: skip its columns
-    torch = None
-    _TORCH_ERROR = f"{type(e).__name__}: {e}"
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)  # measure this checkout's minilm
-
-import minilm  # noqa: E402
-import minilm.functional as F  # noqa: E402
-
-_THREADPOOL_LIMITER = None
-if _HAVE_THREADPOOLCTL:
-    from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
-    _THREADPOOL_LIMITER = threadpool_limits(limits=1)  # every BLAS/OpenMP pool loaded so far
-if torch is not None:
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set, or parallel work already started
-        pass
-
-
-# ---- timing --------------------------------------------------------------------------
-
-class Timer:
-    """Best-of-R-repeats-of-M-loops timing, with the candidates interleaved."""
-
-    def __init__(self, sync, repeat: int, target_s: float):
-        self.sync, self.repeat, self.target_s = sync, repeat, target_s
-
-    def _run(self, fn, number):
-        sync = self.sync
-        gc_was = gc.isenabled()
-        gc.disable()
-        try:
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            sync()
-            return time.perf_counter() - t0
-        finally:
-            if gc_was:
-                gc.enable()
-
-    def _calibrate(self, fn):
-        for _ in range(3):  # warm-up: caches, lazy imports, allocator pools
-            fn()
-        number = 1
-        while True:
-            t = self._run(fn, number)
-            if t >= self.target_s / 5 or number >= 1_000_000:
-                return max(1, min(1_000_000, int(math.ceil(number * self.target_s / max(t, 1e-9)))))
-            number *= 10
-
-    def measure(self, candidates: dict) -> dict:
-        """{name: fn} -> {name: best seconds per call}."""
-        numbers = {k: self._calibrate(f) for k, f in candidates.items()}
-        best = {k: math.inf for k in candidates}
-        for _ in range(self.repeat):
-            gc.collect()
-            for k, f in candidates.items():
-                best[k] = min(best[k], self._run(f, numbers[k]) / numbers[k])
-        return best
-
-
-def _ratio(a, b):
-    if a is None or b is None or not b:
-        return None
-    return a / b
+_common.limit_loaded_threads()  # every BLAS/OpenMP pool loaded so far; torch to one thread
 
 
 def _geomean(values):
@@ -132,72 +50,22 @@ def _geomean(values):
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
 
 
-def _fmt(v, spec="{:.1f}", none="-"):
-    return none if v is None else spec.format(v)
-
-
-def _table(header, rows, aligns=None):
-    """Plain text table: first column left-aligned, the rest right-aligned."""
-    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    aligns = aligns or ["<"] + [">"] * (len(header) - 1)
-    line = lambda r: "  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, aligns, widths))  # noqa: E731
-    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in cells[1:]]
-    return "\n".join(out)
-
-
 # ---- environment ---------------------------------------------------------------------
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _numpy_blas():
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return f"{blas.get('name')} {blas.get('version')}"
-    except Exception:
-        return "unknown"
-
 
 def environment(args, xp_name, torch_note):
     env = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "numpy": np.__version__,
-        "numpy_blas": _numpy_blas(),
+        **_common.machine_env(),
+        "numpy_blas": _common.numpy_blas(),
         "torch": None if torch is None else torch.__version__,
         "minilm": getattr(minilm, "__version__", "?"),
         "device": args.device,
         "raw_baseline": xp_name,
         "mode": "quick" if args.quick else "full",
-        "env": {v: os.environ.get(v) for v in _THREAD_VARS + ("OPENBLAS_CORETYPE",)},
-        "env_before_script": dict(_ENV_BEFORE),
+        "env": _common.env_vars(THREAD_VARS + ("OPENBLAS_CORETYPE",)),
+        "env_before_script": _common.env_before_script(THREAD_VARS),
         "torch_note": torch_note,
+        **_common.thread_env(),
     }
-    if _HAVE_THREADPOOLCTL:
-        env["thread_limit_method"] = "threadpoolctl.threadpool_limits(1)"
-        env["threadpools"] = [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads", "version",
-                                                     "architecture", "prefix")}
-                              for p in threadpool_info()]
-    else:
-        env["thread_limit_method"] = ("environment variables OMP/OPENBLAS/MKL_NUM_THREADS=1 set by the script "
-                                      "before importing numpy (threadpoolctl is not installed)")
-        if _NUMPY_PRELOADED:
-            env["thread_limit_method"] += " -- WARNING: numpy was imported before this script, so they may not apply"
-    if torch is not None:
-        env["torch_threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
     if args.device == "cuda":
         import cupy
         env["cupy"] = cupy.__version__
@@ -212,35 +80,15 @@ def environment(args, xp_name, torch_note):
 
 
 def print_header(env):
-    print("=" * 78)
-    print(f"minilm engine benchmark  (device {env['device']}, {env['mode']} run)")
-    print("=" * 78)
-    print(f"python {env['python']} on {env['platform']}")
-    la = env["loadavg_1_5_15"]
-    print(f"cpu: {env['cpu']}, {env['logical_cpus']} logical CPUs, load average "
-          f"{'?' if la is None else ' '.join(f'{v:.2f}' for v in la)} (1/5/15 min; other work on the machine adds noise)")
+    banner(f"minilm engine benchmark  (device {env['device']}, {env['mode']} run)")
+    _common.print_machine(env)
     if "gpu" in env:
         print(f"gpu: {env['gpu']} (cupy {env['cupy']})" + (f"; torch sees {env['torch_gpu']}" if "torch_gpu" in env else ""))
     print(f"numpy {env['numpy']} ({env['numpy_blas']}), torch {env['torch'] or 'not installed'}, minilm {env['minilm']}")
     print(f"threads limited by: {env['thread_limit_method']}")
-    for v in _THREAD_VARS:
-        before = env["env_before_script"][v]
-        now = env["env"][v]
-        note = "" if before == now else f"  (was {before if before is not None else 'unset'})"
-        print(f"  {v}={now if now is not None else '(unset)'}{note}")
-    if "threadpools" in env:
-        for p in env["threadpools"]:
-            print(f"  threadpool {p['user_api']}/{p['internal_api']} {p.get('version') or ''} "
-                  f"{p.get('architecture') or ''}: num_threads={p['num_threads']}")
-    if "torch_threads" in env:
-        t = env["torch_threads"]
-        print(f"  torch: intra-op threads {t['intra_op']}, inter-op threads {t['inter_op']}")
-    ct = env["env"]["OPENBLAS_CORETYPE"]
-    if ct is not None:
-        print(f"OPENBLAS_CORETYPE={ct}  -- left as found: it forces OpenBLAS's kernel choice and can slow "
-              "NumPy's (and so minilm's) matmul; unset it to compare with the CPU's own kernel")
-    else:
-        print("OPENBLAS_CORETYPE unset (OpenBLAS picks its kernel for this CPU)")
+    _common.print_thread_vars(env, THREAD_VARS)
+    _common.print_threadpools(env)
+    _common.print_coretype(env, _common.CORETYPE_FORCED + "; unset it to compare with the CPU's own kernel")
     if env["torch_note"]:
         print(f"NOTE: {env['torch_note']}")
     print("timing: best of R repeats of M loops (gc off while timing), candidates interleaved;")
@@ -360,18 +208,16 @@ def part_a(timer, dev, xp, xp_name, tdev, use_torch):
             "minilm_fwd_us": us["minilm_fwd"], "torch_fwd_us": us.get("torch_fwd"),
             "raw_fwd_us": us["raw_fwd"],
             "minilm_fwdbwd_us": us["minilm_fwdbwd"], "torch_fwdbwd_us": us.get("torch_fwdbwd"),
-            "ratio_fwd_minilm_torch": _ratio(us["minilm_fwd"], us.get("torch_fwd")),
-            "ratio_fwd_minilm_raw": _ratio(us["minilm_fwd"], us["raw_fwd"]),
-            "ratio_fwdbwd_minilm_torch": _ratio(us["minilm_fwdbwd"], us.get("torch_fwdbwd")),
+            "ratio_fwd_minilm_torch": ratio(us["minilm_fwd"], us.get("torch_fwd")),
+            "ratio_fwd_minilm_raw": ratio(us["minilm_fwd"], us["raw_fwd"]),
+            "ratio_fwdbwd_minilm_torch": ratio(us["minilm_fwdbwd"], us.get("torch_fwdbwd")),
         })
     return results, bad
 
 
 def print_part_a(results, xp_name, repeat, bad, use_torch):
     print()
-    print("-" * 78)
-    print(f"A. per-op overhead, (16, 16) float32, inputs require grad; best of {repeat} repeats")
-    print("-" * 78)
+    banner(f"A. per-op overhead, (16, 16) float32, inputs require grad; best of {repeat} repeats", char="-")
     if bad:
         print("WARNING: forward values disagree: " + "; ".join(bad))
     else:
@@ -382,16 +228,16 @@ def print_part_a(results, xp_name, repeat, bad, use_torch):
             print(f"checked for every op: forward values minilm == {xp_name} (rtol 1e-4)")
     print()
     print("forward only (graph recorded; raw = the bare array expression, no autograd):")
-    rows = [[r["op"], r["expr"], _fmt(r["minilm_fwd_us"]), _fmt(r["torch_fwd_us"]), _fmt(r["raw_fwd_us"]),
-             _fmt(r["ratio_fwd_minilm_torch"], "{:.2f}"), _fmt(r["ratio_fwd_minilm_raw"], "{:.1f}")]
+    rows = [[r["op"], r["expr"], fmt(r["minilm_fwd_us"]), fmt(r["torch_fwd_us"]), fmt(r["raw_fwd_us"]),
+             fmt(r["ratio_fwd_minilm_torch"], "{:.2f}"), fmt(r["ratio_fwd_minilm_raw"], "{:.1f}")]
             for r in results]
-    print(_table(["op", "expression", "minilm µs", "torch µs", f"{xp_name} µs", "minilm/torch",
-                  f"minilm/{xp_name}"], rows, ["<", "<", ">", ">", ">", ">", ">"]))
+    print(table(["op", "expression", "minilm µs", "torch µs", f"{xp_name} µs", "minilm/torch",
+                 f"minilm/{xp_name}"], rows, ["<", "<", ">", ">", ">", ">", ">"]))
     print()
     print("forward + backward (clear input grads; out.sum().backward()):")
-    rows = [[r["op"], _fmt(r["minilm_fwdbwd_us"]), _fmt(r["torch_fwdbwd_us"]),
-             _fmt(r["ratio_fwdbwd_minilm_torch"], "{:.2f}")] for r in results]
-    print(_table(["op", "minilm µs", "torch µs", "minilm/torch"], rows))
+    rows = [[r["op"], fmt(r["minilm_fwdbwd_us"]), fmt(r["torch_fwdbwd_us"]),
+             fmt(r["ratio_fwdbwd_minilm_torch"], "{:.2f}")] for r in results]
+    print(table(["op", "minilm µs", "torch µs", "minilm/torch"], rows))
 
 
 # ---- part B: MLP training step ------------------------------------------------------------
@@ -414,48 +260,50 @@ def mlp_init(seed=0):
     return x, y, params
 
 
-def make_minilm_step(dev, act, x_h, y_h, params_h):
-    x = minilm.tensor(x_h, device=dev)
-    y = minilm.tensor(y_h, device=dev)
-    P = {k: minilm.tensor(v, requires_grad=True, device=dev) for k, v in params_h.items()}
+def _autograd_step(x, y, P, activation, cross_entropy, sgd_update):
+    """The MLP's training step in a framework with autograd (minilm or torch): forward, clear the
+    grads, backward, ``sgd_update(params)``."""
     params = list(P.values())
 
     def step():
         h = x @ P["W1"] + P["b1"]
-        a = F.gelu(h, approximate="tanh") if act == "gelu" else F.relu(h)
-        logits = a @ P["W2"] + P["b2"]
-        loss = F.cross_entropy(logits, y)
+        logits = activation(h) @ P["W2"] + P["b2"]
+        loss = cross_entropy(logits, y)
         for p in params:
             p.grad = None
         loss.backward()
-        for p in params:
-            p.data -= LR * p.grad.data
+        sgd_update(params)
         return loss
 
-    return step, lambda loss: float(loss.item())
+    return step
+
+
+def make_minilm_step(dev, act, x_h, y_h, params_h):
+    x = minilm.tensor(x_h, device=dev)
+    y = minilm.tensor(y_h, device=dev)
+    P = {k: minilm.tensor(v, requires_grad=True, device=dev) for k, v in params_h.items()}
+
+    def sgd_update(params):
+        for p in params:
+            p.data -= LR * p.grad.data
+
+    activation = functools.partial(F.gelu, approximate="tanh") if act == "gelu" else F.relu
+    return _autograd_step(x, y, P, activation, F.cross_entropy, sgd_update), lambda loss: float(loss.item())
 
 
 def make_torch_step(tdev, act, x_h, y_h, params_h):
     x = torch.from_numpy(x_h.copy()).to(tdev)
     y = torch.from_numpy(y_h.copy()).to(tdev)
     P = {k: torch.from_numpy(v.copy()).to(tdev).requires_grad_() for k, v in params_h.items()}
-    params = list(P.values())
     TF = torch.nn.functional
 
-    def step():
-        h = x @ P["W1"] + P["b1"]
-        a = TF.gelu(h, approximate="tanh") if act == "gelu" else torch.relu(h)
-        logits = a @ P["W2"] + P["b2"]
-        loss = TF.cross_entropy(logits, y)
-        for p in params:
-            p.grad = None
-        loss.backward()
+    def sgd_update(params):
         with torch.no_grad():
             for p in params:
                 p -= LR * p.grad
-        return loss
 
-    return step, lambda loss: float(loss.item())
+    activation = functools.partial(TF.gelu, approximate="tanh") if act == "gelu" else torch.relu
+    return _autograd_step(x, y, P, activation, TF.cross_entropy, sgd_update), lambda loss: float(loss.item())
 
 
 def make_raw_step(xp, act, x_h, y_h, params_h):
@@ -525,19 +373,17 @@ def part_b(timer, dev, xp, tdev, use_torch, act):
     flop = 3 * 2 * N * (D_IN * D_HID + D_HID * N_CLS)  # fwd + 2 backward GEMMs (x needs no grad: ~2.5x, upper bound)
     return {"activation": "gelu(tanh)" if act == "gelu" else "relu", "batch": N, "d_in": D_IN,
             "hidden": D_HID, "classes": N_CLS, "lr": LR,
-            "ms_per_step": ms, "ratio_minilm_torch": _ratio(ms["minilm"], ms.get("torch")),
-            "ratio_minilm_raw": _ratio(ms["minilm"], ms["raw"]), "loss_checks": checks,
+            "ms_per_step": ms, "ratio_minilm_torch": ratio(ms["minilm"], ms.get("torch")),
+            "ratio_minilm_raw": ratio(ms["minilm"], ms["raw"]), "loss_checks": checks,
             "gemm_gflop_per_step_upper": flop / 1e9}
 
 
 def print_part_b(res, xp_name, repeat):
     print()
-    print("-" * 78)
-    print(f"B. MLP training step: ({res['batch']}, {res['d_in']}) float32 -> Linear({res['d_in']}->{res['hidden']}) "
-          f"-> {res['activation']}")
-    print(f"   -> Linear({res['hidden']}->{res['classes']}) -> cross-entropy -> backward -> SGD (lr {res['lr']}); "
-          f"best of {repeat} repeats")
-    print("-" * 78)
+    banner(f"B. MLP training step: ({res['batch']}, {res['d_in']}) float32 -> Linear({res['d_in']}->{res['hidden']}) "
+           f"-> {res['activation']}",
+           f"   -> Linear({res['hidden']}->{res['classes']}) -> cross-entropy -> backward -> SGD (lr {res['lr']}); "
+           f"best of {repeat} repeats", char="-")
     for c in res["loss_checks"]:
         name = xp_name if c["vs"] == "raw" else c["vs"]
         when = "first step (same init)" if c["step"] == 1 else "after one SGD update"
@@ -545,29 +391,27 @@ def print_part_b(res, xp_name, repeat):
               f"|diff| {c['abs_diff']:.1e}  {'ok (<= 1e-4)' if c['ok'] else 'MISMATCH (> 1e-4)'}")
     print()
     ms = res["ms_per_step"]
-    rows = [["minilm", _fmt(ms["minilm"], "{:.2f}"), "1.00"]]
+    rows = [["minilm", fmt(ms["minilm"], "{:.2f}"), "1.00"]]
     if "torch" in ms:
-        rows.append(["torch", _fmt(ms["torch"], "{:.2f}"), _fmt(res["ratio_minilm_torch"], "{:.2f}")])
-    rows.append([f"{xp_name} (hand-written backward)", _fmt(ms["raw"], "{:.2f}"),
-                 _fmt(res["ratio_minilm_raw"], "{:.2f}")])
-    print(_table(["implementation", "ms/step", "minilm / this"], rows))
+        rows.append(["torch", fmt(ms["torch"], "{:.2f}"), fmt(res["ratio_minilm_torch"], "{:.2f}")])
+    rows.append([f"{xp_name} (hand-written backward)", fmt(ms["raw"], "{:.2f}"),
+                 fmt(res["ratio_minilm_raw"], "{:.2f}")])
+    print(table(["implementation", "ms/step", "minilm / this"], rows))
 
 
 def print_summary(a, b, xp_name, use_torch):
     print()
-    print("=" * 78)
-    print("summary: ratios (>1 means minilm is slower)")
-    print("=" * 78)
+    banner("summary: ratios (>1 means minilm is slower)")
     rows = []
     for r in a:
-        rows.append([r["op"], _fmt(r["ratio_fwd_minilm_torch"], "{:.2f}"),
-                     _fmt(r["ratio_fwdbwd_minilm_torch"], "{:.2f}"), _fmt(r["ratio_fwd_minilm_raw"], "{:.1f}")])
+        rows.append([r["op"], fmt(r["ratio_fwd_minilm_torch"], "{:.2f}"),
+                     fmt(r["ratio_fwdbwd_minilm_torch"], "{:.2f}"), fmt(r["ratio_fwd_minilm_raw"], "{:.1f}")])
     g = [_geomean([r[k] for r in a]) for k in ("ratio_fwd_minilm_torch", "ratio_fwdbwd_minilm_torch",
                                                "ratio_fwd_minilm_raw")]
-    rows.append(["geometric mean", _fmt(g[0], "{:.2f}"), _fmt(g[1], "{:.2f}"), _fmt(g[2], "{:.1f}")])
-    rows.append(["MLP train step", _fmt(b["ratio_minilm_torch"], "{:.2f}"), "",
-                 _fmt(b["ratio_minilm_raw"], "{:.2f}")])
-    print(_table(["what", "minilm/torch fwd", "minilm/torch fwd+bwd", f"minilm/{xp_name} fwd"], rows))
+    rows.append(["geometric mean", fmt(g[0], "{:.2f}"), fmt(g[1], "{:.2f}"), fmt(g[2], "{:.1f}")])
+    rows.append(["MLP train step", fmt(b["ratio_minilm_torch"], "{:.2f}"), "",
+                 fmt(b["ratio_minilm_raw"], "{:.2f}")])
+    print(table(["what", "minilm/torch fwd", "minilm/torch fwd+bwd", f"minilm/{xp_name} fwd"], rows))
     print("(for the MLP row the torch and raw columns are whole training steps)")
     if not use_torch:
         print("(torch columns skipped: see the note in the header)")
@@ -579,8 +423,7 @@ def print_summary(a, b, xp_name, use_torch):
 # ---- main ------------------------------------------------------------------------------------
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _common.arg_parser(__doc__)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="where minilm (and torch, if it can) computes")
     ap.add_argument("--quick", action="store_true", help="fewer, shorter repeats (~10 s instead of ~25 s)")
@@ -594,7 +437,7 @@ def main(argv=None):
     torch_note = None
     use_torch = torch is not None
     if not use_torch:
-        torch_note = f"torch is not importable ({_TORCH_ERROR}); torch columns skipped"
+        torch_note = f"torch is not importable ({TORCH_ERROR}); torch columns skipped"
     if dev == "cuda":
         if not minilm.backend.cuda_available():
             sys.exit("bench_engine: --device cuda needs CuPy and a visible GPU (minilm.backend.cuda_available() "
@@ -617,11 +460,11 @@ def main(argv=None):
         sync = lambda: None  # noqa: E731
 
     if args.quick:
-        timer_a = Timer(sync, repeat=3, target_s=0.004)
-        timer_b = Timer(sync, repeat=7, target_s=0.04)
+        timer_a = Timer(repeat=3, target_s=0.004, sync=sync)
+        timer_b = Timer(repeat=7, target_s=0.04, sync=sync)
     else:
-        timer_a = Timer(sync, repeat=7, target_s=0.02)
-        timer_b = Timer(sync, repeat=7, target_s=0.15)
+        timer_a = Timer(repeat=7, target_s=0.02, sync=sync)
+        timer_b = Timer(repeat=7, target_s=0.15, sync=sync)
 
     env = environment(args, xp_name, torch_note)
     print_header(env)
@@ -639,11 +482,9 @@ def main(argv=None):
     print(f"\ntotal time {elapsed:.1f} s")
 
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, f"bench_engine_{dev}.json")
-        with open(path, "w") as f:
-            json.dump({"environment": env, "per_op": a, "per_op_value_mismatches": bad, "mlp": b,
-                       "summary": summary, "elapsed_s": elapsed}, f, indent=2)
+        path = _common.write_json(args.out, f"bench_engine_{dev}.json",
+                                  {"environment": env, "per_op": a, "per_op_value_mismatches": bad, "mlp": b,
+                                   "summary": summary, "elapsed_s": elapsed})
         print(f"results written to {path}")
     failed = bool(bad) or any(not c["ok"] for c in b["loss_checks"])
     return 1 if failed else 0

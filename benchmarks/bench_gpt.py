@@ -55,71 +55,43 @@ What is measured:
 
 Both sides run on ONE thread (the fair, stable comparison on 2-core
 machines): ``torch.set_num_threads(1)``; BLAS through threadpoolctl when it is
-installed, otherwise through OMP/OPENBLAS/MKL_NUM_THREADS=1 set below, before
-NumPy is imported; NUMBA_NUM_THREADS=1 always (for Numba-jitted minilm
-kernels).  The header says which.  OPENBLAS_CORETYPE is reported and never
-changed.  Read the ratios of one run, not absolute times.
+installed, otherwise through OMP/OPENBLAS/MKL_NUM_THREADS=1 set by ``_common``
+(imported first), before NumPy is imported; NUMBA_NUM_THREADS=1 always (for
+Numba-jitted minilm kernels).  The header says which.  OPENBLAS_CORETYPE is
+reported and never changed.  Read the ratios of one run, not absolute times.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
+import _common  # first: limits BLAS threads before NumPy is imported (see its docstring)
 
-# ---- threads: must happen before NumPy (or torch) is imported -----------------------
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-_ENV_BEFORE = {v: os.environ.get(v) for v in _THREAD_VARS}
-_HAVE_THREADPOOLCTL = importlib.util.find_spec("threadpoolctl") is not None
-_NUMPY_PRELOADED = "numpy" in sys.modules
-if not _HAVE_THREADPOOLCTL:
-    for _v in _THREAD_VARS:
-        os.environ[_v] = "1"
 # minilm's CPU kernels may be Numba-jitted (parallel loops use NUMBA_NUM_THREADS, read when
 # numba is imported); threadpoolctl does not reach them, so this one is always set
-_ENV_BEFORE["NUMBA_NUM_THREADS"] = os.environ.get("NUMBA_NUM_THREADS")
-os.environ["NUMBA_NUM_THREADS"] = "1"
+_common.limit_numba_threads()
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
+import os  # noqa: E402
 import resource  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
-import tracemalloc  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-try:
-    import torch  # noqa: E402
-    _TORCH_ERROR = None
-except Exception as e:  # not installed, or a broken install
-    torch = None
-    _TORCH_ERROR = f"{type(e).__name__}: {e}"
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)  # measure this checkout's minilm
-
 import minilm  # noqa: E402
+from _common import (NUMBA_VAR, THREAD_VARS, TORCH_ERROR, banner, fmt, mb, ratio, table, torch,  # noqa: E402
+                     tracemalloc_peak)
 from minilm.function import Function  # noqa: E402
 from minilm.models.gpt import GPT, GPTConfig  # noqa: E402
 from minilm.nn import Linear  # noqa: E402
-from minilm.ops.matmul import MatMul  # noqa: E402
+from minilm.ops.matmul import Linear as LinearOp, MatMul  # noqa: E402
 from minilm.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay  # noqa: E402
 
-_THREADPOOL_LIMITER = None
-if _HAVE_THREADPOOLCTL:
-    from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
-    _THREADPOOL_LIMITER = threadpool_limits(limits=1)
-if torch is not None:
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
+_common.limit_loaded_threads()  # every BLAS/OpenMP pool loaded so far; torch to one thread
 
 
 # ---- what is trained -------------------------------------------------------------------
@@ -177,8 +149,9 @@ def build_minilm(name):
     return model, opt
 
 
-def minilm_stepper(model, opt, batches_np):
-    batches = [(minilm.tensor(x), minilm.tensor(y)) for x, y in batches_np]
+def _stepper(model, opt, batches, zero_grad, clip):
+    """A training step over ``batches`` in turn, the same for both sides: ``zero_grad()``, forward +
+    loss, backward, ``clip(params, GRAD_CLIP)``, ``opt.step()``, each phase timed."""
     params = list(model.parameters())
     state = {"i": 0}
     clock = time.perf_counter
@@ -188,18 +161,23 @@ def minilm_stepper(model, opt, batches_np):
         x, y = batches[state["i"] % len(batches)]
         state["i"] += 1
         t0 = clock()
-        opt.zero_grad()
+        zero_grad()
         _, loss = model(x, y)
         t1 = clock()
         loss.backward()
         t2 = clock()
-        norm = clip_grad_norm(params, GRAD_CLIP)
+        norm = clip(params, GRAD_CLIP)
         t3 = clock()
         opt.step()
         t4 = clock()
         return loss, norm, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 
     return step
+
+
+def minilm_stepper(model, opt, batches_np):
+    batches = [(minilm.tensor(x), minilm.tensor(y)) for x, y in batches_np]
+    return _stepper(model, opt, batches, opt.zero_grad, clip_grad_norm)
 
 
 # ---- torch side: the same GPT ------------------------------------------------------------------
@@ -304,26 +282,8 @@ def build_torch(name, minilm_model=None, minilm_opt=None):
 
 def torch_stepper(model, opt, batches_np):
     batches = [(torch.from_numpy(x.copy()), torch.from_numpy(y.copy())) for x, y in batches_np]
-    params = list(model.parameters())
-    state = {"i": 0}
-    clock = time.perf_counter
-
-    def step():
-        x, y = batches[state["i"] % len(batches)]
-        state["i"] += 1
-        t0 = clock()
-        opt.zero_grad(set_to_none=True)
-        _, loss = model(x, y)
-        t1 = clock()
-        loss.backward()
-        t2 = clock()
-        norm = torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        t3 = clock()
-        opt.step()
-        t4 = clock()
-        return loss, norm, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
-
-    return step
+    return _stepper(model, opt, batches, functools.partial(opt.zero_grad, set_to_none=True),
+                    torch.nn.utils.clip_grad_norm_)
 
 
 # ---- timing ----------------------------------------------------------------------------------
@@ -358,7 +318,7 @@ def time_interleaved(steps: dict, repeat: int, number: int) -> dict:
 
 # ---- where minilm's time goes --------------------------------------------------------------------
 
-MM_LINEAR = "MatMul x @ W (Linear layers, tied head)"
+MM_LINEAR = "MatMul x @ W (+ b): Linear layers, tied head"
 MM_BATCHED = "MatMul batched (attention q·kᵀ, A·v)"  # when attention is composed of ops
 
 
@@ -387,6 +347,8 @@ def profile_minilm_ops(step, n_steps):
             key = name
             if cls is MatMul:
                 key = MM_LINEAR if getattr(args[1], "ndim", 0) == 2 else MM_BATCHED
+            elif cls is LinearOp:              # F.linear: the matmul with its bias added in place
+                key = MM_LINEAR
             ctx._bench_key = key
             t0 = clock()
             out = fwd0(ctx, *args, **kw)
@@ -547,14 +509,8 @@ def memory_worker(framework, name, k_steps):
         res["alloc"] = _torch_step_alloc_peak(step)
         res["alloc_method"] = "torch.profiler allocation events"
     else:
-        gc.collect()
-        tracemalloc.start()
-        base_traced = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        step()
-        cur, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        res["alloc"] = {"peak": peak - base_traced, "retained": cur - base_traced}
+        peak, retained = tracemalloc_peak(step)
+        res["alloc"] = {"peak": peak, "retained": retained}
         res["alloc_method"] = "tracemalloc"
     print("BENCH_GPT_WORKER " + json.dumps(res))
 
@@ -571,53 +527,12 @@ def run_memory_worker(framework, name, k_steps):
 
 # ---- formatting ----------------------------------------------------------------------------------
 
-def _ratio(a, b):
-    return None if a is None or b is None or not b else a / b
-
-
 def _fault_ratio(a, b):
     """a/b for page-fault counts, or None (printed "-") when b is too few for a ratio to mean much."""
     return None if a is None or b is None or b < 100 else a / b
 
 
-def _fmt(v, spec="{:.1f}", none="-"):
-    return none if v is None else spec.format(v)
-
-
-def _mb(b):
-    return None if b is None else b / 2**20
-
-
-def _table(header, rows, aligns=None):
-    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    aligns = aligns or ["<"] + [">"] * (len(header) - 1)
-    line = lambda r: "  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, aligns, widths))  # noqa: E731
-    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in cells[1:]]
-    return "\n".join(out)
-
-
 # ---- environment -----------------------------------------------------------------------------------
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _numpy_blas():
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return f"{blas.get('name')} {blas.get('version')}"
-    except Exception:
-        return "unknown"
-
 
 def _thp():
     try:
@@ -628,62 +543,27 @@ def _thp():
 
 
 def environment(args):
-    env = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "loadavg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "numpy": np.__version__,
-        "numpy_blas": _numpy_blas(),
+    return {
+        **_common.machine_env(),
+        "numpy_blas": _common.numpy_blas(),
         "torch": None if torch is None else torch.__version__,
         "minilm": getattr(minilm, "__version__", "?"),
         "mode": "quick" if args.quick else "full",
-        "env": {v: os.environ.get(v) for v in _THREAD_VARS + ("NUMBA_NUM_THREADS", "OPENBLAS_CORETYPE",
-                                                            "THP_MEM_ALLOC_ENABLE")},
-        "env_before_script": dict(_ENV_BEFORE),
+        "env": _common.env_vars(THREAD_VARS + (NUMBA_VAR, "OPENBLAS_CORETYPE", "THP_MEM_ALLOC_ENABLE")),
+        "env_before_script": _common.env_before_script(THREAD_VARS + (NUMBA_VAR,)),
         "transparent_hugepage": _thp(),
+        **_common.thread_env(("user_api", "internal_api", "num_threads", "version", "architecture")),
     }
-    if _HAVE_THREADPOOLCTL:
-        env["thread_limit_method"] = "threadpoolctl.threadpool_limits(1)"
-        env["threadpools"] = [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads", "version",
-                                                     "architecture")} for p in threadpool_info()]
-    else:
-        env["thread_limit_method"] = ("environment variables OMP/OPENBLAS/MKL_NUM_THREADS=1 set by the script "
-                                      "before importing numpy (threadpoolctl is not installed)")
-        if _NUMPY_PRELOADED:
-            env["thread_limit_method"] += " -- WARNING: numpy was imported before this script, so they may not apply"
-    if torch is not None:
-        env["torch_threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
-    return env
 
 
 def print_header(env, plan):
-    print("=" * 78)
-    print(f"minilm GPT training-step benchmark vs PyTorch  (cpu, {env['mode']} run)")
-    print("=" * 78)
-    print(f"python {env['python']} on {env['platform']}")
-    la = env["loadavg_1_5_15"]
-    print(f"cpu: {env['cpu']}, {env['logical_cpus']} logical CPUs, load average "
-          f"{'?' if la is None else ' '.join(f'{v:.2f}' for v in la)} (1/5/15 min; other work on the machine adds noise)")
+    banner(f"minilm GPT training-step benchmark vs PyTorch  (cpu, {env['mode']} run)")
+    _common.print_machine(env)
     print(f"numpy {env['numpy']} ({env['numpy_blas']}), torch {env['torch']}, minilm {env['minilm']}")
     print(f"threads limited by: {env['thread_limit_method']}")
-    for v in _THREAD_VARS + ("NUMBA_NUM_THREADS",):
-        before, now = env["env_before_script"][v], env["env"][v]
-        note = "" if before == now else f"  (was {before if before is not None else 'unset'})"
-        print(f"  {v}={now if now is not None else '(unset)'}{note}")
-    for p in env.get("threadpools", []):
-        print(f"  threadpool {p['user_api']}/{p['internal_api']} {p.get('version') or ''} "
-              f"{p.get('architecture') or ''}: num_threads={p['num_threads']}")
-    if "torch_threads" in env:
-        t = env["torch_threads"]
-        print(f"  torch: intra-op threads {t['intra_op']}, inter-op threads {t['inter_op']}")
-    ct = env["env"]["OPENBLAS_CORETYPE"]
-    if ct is not None:
-        print(f"OPENBLAS_CORETYPE={ct}  -- left as found: it forces OpenBLAS's kernel choice and can slow "
-              "NumPy's (and so minilm's) matmul")
-    else:
-        print("OPENBLAS_CORETYPE unset (OpenBLAS picks its kernel for this CPU)")
+    _common.print_thread_vars(env, THREAD_VARS + (NUMBA_VAR,))
+    _common.print_threadpools(env)
+    _common.print_coretype(env, _common.CORETYPE_FORCED)
     if env["transparent_hugepage"]:
         print(f"transparent hugepages: {env['transparent_hugepage']} (NumPy madvises huge pages for large arrays; "
               f"torch only with THP_MEM_ALLOC_ENABLE=1, here {env['env']['THP_MEM_ALLOC_ENABLE'] or 'unset'})")
@@ -736,12 +616,10 @@ def run_config(name, plan):
     flops = nominal_flops_per_step(name, n_params - n_pos)
     tokens = c["batch"] * c["block_size"]
     print()
-    print("-" * 78)
-    print(f"config {name} ({c['about']}): vocab {c['vocab_size']}, n_layer {c['n_layer']}, n_head {c['n_head']}, "
-          f"n_embd {c['n_embd']},")
-    print(f"  block {c['block_size']}, batch {c['batch']}: {n_params / 1e6:.2f} M parameters, {tokens} tokens/step, "
-          f"nominal {flops / 1e9:.1f} GFLOP/step")
-    print("-" * 78)
+    banner(f"config {name} ({c['about']}): vocab {c['vocab_size']}, n_layer {c['n_layer']}, n_head {c['n_head']}, "
+           f"n_embd {c['n_embd']},",
+           f"  block {c['block_size']}, batch {c['batch']}: {n_params / 1e6:.2f} M parameters, {tokens} tokens/step, "
+           f"nominal {flops / 1e9:.1f} GFLOP/step", char="-")
     m_step = minilm_stepper(m_model, m_opt, batches)
     t_step = torch_stepper(t_model, t_opt, batches)
     checks = check_same_model(name, m_step, t_step)
@@ -756,7 +634,7 @@ def run_config(name, plan):
     repeat, number = plan[f"repeat_{name}"], plan[f"number_{name}"]
     timed = time_interleaved({"minilm": m_step, "torch": t_step}, repeat, number)
     ms = {k: v["best_s"] * 1e3 for k, v in timed.items()}
-    ratio = _ratio(ms["minilm"], ms["torch"])
+    step_ratio = ratio(ms["minilm"], ms["torch"])
     print()
     print(f"time per training step (best of {repeat} repeats of {number} step{'s' if number > 1 else ''}; "
           "phases: best of each over the timed steps):")
@@ -765,16 +643,16 @@ def run_config(name, plan):
         ph = timed[k]["phases_s"]
         rows.append([k, f"{ms[k]:.2f}", f"{tokens / (ms[k] / 1e3):,.0f}", f"{flops / (ms[k] / 1e3) / 1e9:.1f}"]
                     + [f"{ph[p] * 1e3:.2f}" for p in PHASES] + [f"{timed[k]['minor_faults_per_step']:,.0f}"])
-    rows.append(["minilm/torch", _fmt(ratio, "{:.2f}"), "", ""]
-                + [_fmt(_ratio(timed["minilm"]["phases_s"][p], timed["torch"]["phases_s"][p]), "{:.2f}")
+    rows.append(["minilm/torch", fmt(step_ratio, "{:.2f}"), "", ""]
+                + [fmt(ratio(timed["minilm"]["phases_s"][p], timed["torch"]["phases_s"][p]), "{:.2f}")
                    for p in PHASES]
-                + [_fmt(_fault_ratio(timed["minilm"]["minor_faults_per_step"],
-                                     timed["torch"]["minor_faults_per_step"]), "{:.1f}")])
-    print(_table(["side", "ms/step", "tokens/s", "GFLOP/s", "fwd ms", "bwd ms", "clip ms", "optim ms",
-                  "page faults/step"], rows))
+                + [fmt(_fault_ratio(timed["minilm"]["minor_faults_per_step"],
+                                    timed["torch"]["minor_faults_per_step"]), "{:.1f}")])
+    print(table(["side", "ms/step", "tokens/s", "GFLOP/s", "fwd ms", "bwd ms", "clip ms", "optim ms",
+                 "page faults/step"], rows))
     target = TARGETS[name]
-    verdict = "PASS" if ratio is not None and ratio <= target else "MISS"
-    print(f"target {name}: minilm <= {target:.1f}x torch: {verdict} ({_fmt(ratio, '{:.2f}')}x)")
+    verdict = "PASS" if step_ratio is not None and step_ratio <= target else "MISS"
+    print(f"target {name}: minilm <= {target:.1f}x torch: {verdict} ({fmt(step_ratio, '{:.2f}')}x)")
     sys.stdout.flush()
 
     # where the time goes
@@ -783,7 +661,7 @@ def run_config(name, plan):
     print_breakdown(name, prof, tprof, tokens)
     sys.stdout.flush()
     return {"config": name, "params": n_params, "tokens_per_step": tokens, "nominal_flop_per_step": flops,
-            "checks": checks, "ms_per_step": ms, "ratio_minilm_torch": ratio, "target": target,
+            "checks": checks, "ms_per_step": ms, "ratio_minilm_torch": step_ratio, "target": target,
             "verdict": verdict, "tokens_per_s": {k: tokens / (v / 1e3) for k, v in ms.items()},
             "phases_ms": {k: {p: v * 1e3 for p, v in timed[k]["phases_s"].items()} for k in timed},
             "minor_page_faults_per_step": {k: timed[k]["minor_faults_per_step"] for k in timed},
@@ -820,8 +698,8 @@ def print_breakdown(name, prof, tprof, tokens):
                  f"{other_b * 1e3:.2f}", f"{other_b * 1e3:.2f}", f"{100 * other_b / total:.1f}"])
     rows.append(["clip_grad_norm", "", "", "", f"{ph['clip'] * 1e3:.2f}", f"{100 * ph['clip'] / total:.1f}"])
     rows.append(["AdamW.step", "", "", "", f"{ph['optimizer'] * 1e3:.2f}", f"{100 * ph['optimizer'] / total:.1f}"])
-    print(_table(["op", "calls", "fwd ms", "bwd ms", "total ms", "% of step"], rows,
-                 ["<", ">", ">", ">", ">", ">"]))
+    print(table(["op", "calls", "fwd ms", "bwd ms", "total ms", "% of step"], rows,
+                ["<", ">", ">", ">", ">", ">"]))
     mm = {k: sum(ops.get(k, [0, 0])[:2]) for k in (MM_LINEAR, MM_BATCHED)}
     share = _matmul_share(prof)
     fused = {k: v for k, v in ops.items() if "Attention" in k}
@@ -850,9 +728,7 @@ def _after_first(values, how="median"):
 
 def print_memory(mem):
     print()
-    print("=" * 78)
-    print("memory per training step, each (framework, config) in a fresh process")
-    print("=" * 78)
+    banner("memory per training step, each (framework, config) in a fresh process")
     rows = []
     for name in sorted({m["config"] for m in mem}, key=list(CONFIGS).index):
         r = {m["framework"]: m for m in mem if m["config"] == name}
@@ -861,19 +737,19 @@ def print_memory(mem):
             if x is None or "error" in x:
                 rows.append([name, fw, "error: " + (x or {}).get("error", "no result")[:60], "", "", "", ""])
                 continue
-            rows.append([name, fw, f"{_mb(x['peak_rss_delta_bytes']):.1f}", _fmt(_mb(x["alloc"].get("peak")), "{:.1f}"),
-                         f"{_mb(x['n_params'] * 4 * 4):.1f}", f"{_after_first(x['alone_minor_faults']):,.0f}",
+            rows.append([name, fw, f"{mb(x['peak_rss_delta_bytes']):.1f}", fmt(mb(x["alloc"].get("peak")), "{:.1f}"),
+                         f"{mb(x['n_params'] * 4 * 4):.1f}", f"{_after_first(x['alone_minor_faults']):,.0f}",
                          f"{1e3 * _after_first(x['alone_step_s'], 'min'):.1f}"])
         m, t = r.get("minilm", {}), r.get("torch", {})
         if "error" not in m and "error" not in t and m and t:
-            rows.append([name, "minilm/torch", _fmt(_ratio(m["peak_rss_delta_bytes"], t["peak_rss_delta_bytes"]), "{:.2f}"),
-                         _fmt(_ratio(m["alloc"].get("peak"), t["alloc"].get("peak")), "{:.2f}"), "",
-                         _fmt(_fault_ratio(_after_first(m["alone_minor_faults"]),
-                                           _after_first(t["alone_minor_faults"])), "{:.1f}"),
-                         _fmt(_ratio(_after_first(m["alone_step_s"], "min"), _after_first(t["alone_step_s"], "min")),
-                              "{:.2f}")])
-    print(_table(["config", "side", "peak RSS Δ MB", "step alloc peak MB", "params+grads+AdamW MB",
-                  "page faults/step", "ms/step"], rows, ["<", "<", ">", ">", ">", ">", ">"]))
+            rows.append([name, "minilm/torch", fmt(ratio(m["peak_rss_delta_bytes"], t["peak_rss_delta_bytes"]), "{:.2f}"),
+                         fmt(ratio(m["alloc"].get("peak"), t["alloc"].get("peak")), "{:.2f}"), "",
+                         fmt(_fault_ratio(_after_first(m["alone_minor_faults"]),
+                                          _after_first(t["alone_minor_faults"])), "{:.1f}"),
+                         fmt(ratio(_after_first(m["alone_step_s"], "min"), _after_first(t["alone_step_s"], "min")),
+                             "{:.2f}")])
+    print(table(["config", "side", "peak RSS Δ MB", "step alloc peak MB", "params+grads+AdamW MB",
+                 "page faults/step", "ms/step"], rows, ["<", "<", ">", ">", ">", ">", ">"]))
     k = "/".join(str(x) for x in dict.fromkeys(m.get("k_steps", "?") for m in mem))
     print(f"peak RSS Δ: VmHWM after {k} training steps minus VmRSS just before the model is built (VmHWM reset "
           "there through")
@@ -896,23 +772,21 @@ def print_memory(mem):
 
 def print_summary(results, mem):
     print()
-    print("=" * 78)
-    print("summary (ratios > 1 mean minilm is slower / uses more)")
-    print("=" * 78)
+    banner("summary (ratios > 1 mean minilm is slower / uses more)")
     rows = []
     for r in results:
         if "error" in r:
             rows.append([r["config"], "-", "-", "-", "-", "error: " + r["error"], "-", "-", "-"])
             continue
         mm = {x["framework"]: x for x in mem if x["config"] == r["config"] and "error" not in x}
-        rss = _ratio(mm.get("minilm", {}).get("peak_rss_delta_bytes"), mm.get("torch", {}).get("peak_rss_delta_bytes"))
+        rss = ratio(mm.get("minilm", {}).get("peak_rss_delta_bytes"), mm.get("torch", {}).get("peak_rss_delta_bytes"))
         rows.append([r["config"], f"{r['ms_per_step']['minilm']:.1f}", f"{r['ms_per_step']['torch']:.1f}",
-                     _fmt(r["ratio_minilm_torch"], "{:.2f}"), f"<= {r['target']:.1f}", r["verdict"],
+                     fmt(r["ratio_minilm_torch"], "{:.2f}"), f"<= {r['target']:.1f}", r["verdict"],
                      f"{r['tokens_per_s']['minilm']:,.0f}", f"{r['tokens_per_s']['torch']:,.0f}",
-                     _fmt(None if r["matmul_share"] is None else 100 * r["matmul_share"], "{:.0f}%"),
-                     _fmt(rss, "{:.2f}")])
-    print(_table(["config", "minilm ms", "torch ms", "minilm/torch", "target", "result", "minilm tok/s",
-                  "torch tok/s", "minilm matmul", "peak RSS Δ m/t"], rows))
+                     fmt(None if r["matmul_share"] is None else 100 * r["matmul_share"], "{:.0f}%"),
+                     fmt(rss, "{:.2f}")])
+    print(table(["config", "minilm ms", "torch ms", "minilm/torch", "target", "result", "minilm tok/s",
+                 "torch tok/s", "minilm matmul", "peak RSS Δ m/t"], rows))
     for r in results:
         if "error" not in r:
             print(f"{r['verdict']}: {r['config']}: minilm {r['ratio_minilm_torch']:.2f}x torch "
@@ -920,8 +794,7 @@ def print_summary(results, mem):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _common.arg_parser(__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and steps (about 1-2 minutes)")
     ap.add_argument("--out", metavar="DIR", help="also write the results as JSON to DIR/bench_gpt_cpu.json")
     ap.add_argument("--configs", default="small,large", help="comma-separated subset of: " + ", ".join(CONFIGS))
@@ -933,7 +806,7 @@ def main(argv=None):
         memory_worker(args.worker[0], args.worker[1], args.worker_steps)
         return 0
     if torch is None:
-        sys.exit(f"bench_gpt: needs torch for the comparison ({_TORCH_ERROR})")
+        sys.exit(f"bench_gpt: needs torch for the comparison ({TORCH_ERROR})")
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     bad = [n for n in names if n not in CONFIGS]
     if bad or not names:
@@ -961,13 +834,11 @@ def main(argv=None):
     print(f"\ntotal time {elapsed:.1f} s")
 
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "bench_gpt_cpu.json")
-        with open(path, "w") as f:
-            json.dump({"environment": env, "plan": plan, "configs": {n: CONFIGS[n] for n in names},
-                       "hyperparameters": {"lr": LR, "betas": BETAS, "eps": EPS, "weight_decay": WEIGHT_DECAY,
-                                           "grad_clip": GRAD_CLIP},
-                       "results": results, "memory": mem, "elapsed_s": elapsed}, f, indent=2)
+        path = _common.write_json(args.out, "bench_gpt_cpu.json",
+                                  {"environment": env, "plan": plan, "configs": {n: CONFIGS[n] for n in names},
+                                   "hyperparameters": {"lr": LR, "betas": BETAS, "eps": EPS,
+                                                       "weight_decay": WEIGHT_DECAY, "grad_clip": GRAD_CLIP},
+                                   "results": results, "memory": mem, "elapsed_s": elapsed})
         print(f"results written to {path}")
     failed = any("error" in r or not r["checks"]["loss_step1"]["ok"] for r in results)
     return 1 if failed else 0
