@@ -37,6 +37,11 @@ class Spec:
     needs_device: bool = False               # kwargs get device=<the test's device>
 
 
+def call_kwargs(spec, case, device):
+    """The keyword arguments of one drawn case (plus the device for rows that need it)."""
+    return dict(case.kwargs, **({"device": device} if spec.needs_device else {}))
+
+
 # ---- drawing ------------------------------------------------------------------
 
 def rng_of(data):

@@ -13,7 +13,7 @@ import minilm
 import minilm.functional as F
 from conftest import DEVICE_PARAMS
 from helpers import to_tensor
-from opspecs import SPECS
+from opspecs import SPECS, call_kwargs
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -34,7 +34,7 @@ def build(case, device, data):
 @given(data=st.data())
 def test_gradcheck(spec, device, data):
     case = spec.draw(data)
-    kwargs = dict(case.kwargs, **({"device": device} if spec.needs_device else {}))
+    kwargs = call_kwargs(spec, case, device)
     tensors = build(case, device, data)
     out = spec.fn(*tensors, **kwargs)
     assert out.device == device

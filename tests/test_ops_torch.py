@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 import minilm.functional as F
 from conftest import DEVICE_PARAMS
 from helpers import host, to_tensor
-from opspecs import SPECS
+from opspecs import SPECS, call_kwargs
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch==2.13.0)")
 
@@ -23,7 +23,7 @@ SETTINGS = settings(max_examples=10, deadline=None, derandomize=True,
 @given(data=st.data())
 def test_matches_torch(spec, device, data):
     case = spec.draw(data)
-    kwargs = dict(case.kwargs, **({"device": device} if spec.needs_device else {}))
+    kwargs = call_kwargs(spec, case, device)
     ours, theirs = [], []
     for a, diff in zip(case.arrays, case.diff):
         a = a.astype(np.float64) if diff else a

@@ -64,7 +64,7 @@ def test_comparisons_give_bool_tensors_without_grad(device):
     for r in (x > 1.5, x >= 2, x < 2, x <= 2, x == 2, x != 2):
         assert r.dtype == np.bool_ and not r.requires_grad
     np.testing.assert_array_equal(host(x > 1.5), [False, True, True])
-    assert hash(x) == id(x) or isinstance(hash(x), int)
+    assert {x: 1}[x] == 1      # still hashable although == is elementwise
 
 
 def test_indexing(device):
