@@ -11,10 +11,12 @@
 from .batches import BlockLoader, RandomBatches
 from .corpus import (Corpus, Work, cache_root, encode_corpus, load_text, normalize_whitespace,
                      train_val_split)
+from .genre import GENRE_LABELS, GenreTask, NaiveBayes, genre_task, poetry_split, split_plays
 from .sample import load_sample
 from .shakespeare import CorpusDownloadError, clean_gutenberg, load_shakespeare
 
 __all__ = ["load_shakespeare", "load_sample", "load_text", "clean_gutenberg", "normalize_whitespace",
            "Corpus", "Work",
            "CorpusDownloadError", "cache_root", "encode_corpus", "train_val_split",
-           "RandomBatches", "BlockLoader"]
+           "RandomBatches", "BlockLoader",
+           "GENRE_LABELS", "GenreTask", "genre_task", "split_plays", "poetry_split", "NaiveBayes"]
