@@ -17,6 +17,9 @@ setup(
         # nbclient + ipykernel execute the lessons inside the test suite
         "test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
         "lessons": ["jupyter"],
+        # the reference implementations minilm is checked against (tests skip without them);
+        # install with a constraints file pinning torch, or pip pulls a multi-GB CUDA build
+        "reference": ["torch", "transformers", "peft"],
     },
     entry_points={"console_scripts": ["minilm=minilm.cli:main"]},
 )

@@ -72,7 +72,9 @@ class CausalSelfAttention(Module):
         self.c_proj = Linear(d, d, bias=config.bias, generator=generator)
         self.resid_dropout = Dropout(config.dropout)
 
-    def forward(self, x, n_prefix_kv=None):
+    def forward(self, x, prefix_kv=None, key_padding_mask=None):
+        """x (B, T, C) -> (B, T, C).  prefix_kv: P1's (keys, values), each (B, H, m, hs), put in
+        front of this layer's keys and values; key_padding_mask (B, T), True where x is padding."""
         B, T, C = x.shape
         H = self.n_head
         qkv = self.c_attn(x)                                       # (B, T, 3C)
@@ -81,11 +83,12 @@ class CausalSelfAttention(Module):
         k = k.reshape(B, T, H, C // H).permute(0, 2, 1, 3)         # (B, H, T, hs)
         v = v.reshape(B, T, H, C // H).permute(0, 2, 1, 3)         # (B, H, T, hs)
         n_prefix = 0
-        if n_prefix_kv is not None:                                # P1: learned keys/values in front
-            pk, pv = n_prefix_kv                                   # each (B, H, m, hs)
-            k, v = F.concat([pk, k], axis=2), F.concat([pv, v], axis=2)
+        if prefix_kv is not None:                                  # P1: learned keys/values in front
+            pk, pv = prefix_kv                                     # each (B, H, m, hs)
+            k, v = F.concat([pk, k], axis=2), F.concat([pv, v], axis=2)   # (B, H, m + T, hs)
             n_prefix = pk.shape[2]
-        y = F.scaled_dot_product_attention(q, k, v, causal=True, n_prefix=n_prefix)  # (B, H, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, causal=True, key_padding_mask=key_padding_mask,
+                                           n_prefix=n_prefix)      # (B, H, T, hs)
         y = y.permute(0, 2, 1, 3).reshape(B, T, C)                 # (B, T, H, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -105,7 +108,14 @@ class MLP(Module):
 
 
 class Block(Module):
-    """One Transformer layer of G3: Hˡ = Block(Hˡ⁻¹), pre-LayerNorm, two residual branches."""
+    """One Transformer layer of G3: Hˡ = Block(Hˡ⁻¹), pre-LayerNorm, two residual branches.
+
+    Three empty slots take Adapters (A1–A2, each ``H + W2 σ(H W1 + b1) + b2``;
+    :func:`minilm.peft.add_adapters` fills them): ``adapter_attn`` and
+    ``adapter_mlp`` on the two sub-layers' outputs, inside the residual
+    (Houlsby; Pfeiffer uses only the second), and ``adapter_output`` on the
+    block's output, as §3.2 of the course describes.
+    """
 
     def __init__(self, config: GPTConfig, generator=None):
         super().__init__()
@@ -113,10 +123,20 @@ class Block(Module):
         self.attn = CausalSelfAttention(config, generator)
         self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config, generator)
+        self.adapter_attn = self.adapter_mlp = self.adapter_output = None
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x, prefix_kv=None, key_padding_mask=None):
+        a = self.attn(self.ln_1(x), prefix_kv, key_padding_mask)
+        if self.adapter_attn is not None:
+            a = self.adapter_attn(a)                      # Houlsby: A1–A2 on the attention output
+        x = x + a
+        m = self.mlp(self.ln_2(x))
+        if self.adapter_mlp is not None:
+            m = self.adapter_mlp(m)                       # Houlsby / Pfeiffer: A1–A2 on the MLP output
+        x = x + m
+        if self.adapter_output is not None:
+            x = self.adapter_output(x)                    # §3.2: Hˡ_output = Hˡ + Hˡ_adapter (A2)
+        return x
 
 
 class GPT(Module):
@@ -140,6 +160,7 @@ class GPT(Module):
         ))
         if c.n_segments:
             self.transformer.wse = Embedding(c.n_segments, c.n_embd, generator=generator)  # E_seg
+        self.prefix = None          # a Prefix-Tuning encoder (P1) goes here: minilm.peft.add_prefix
         self._init_weights(generator)
 
     def _init_weights(self, generator):
@@ -166,10 +187,13 @@ class GPT(Module):
             raise ValueError(f"GPT: {what} must have shape (batch, time), got {idx.shape}")
         return idx
 
-    def forward(self, idx, targets=None, segments=None, prefix_kv=None):
-        """Logits (B, T, V) and the mean NLL of ``targets`` (G4), or None.
+    def hidden_states(self, idx, segments=None, prefix_kv=None, attention_mask=None):
+        """The last layer's states after ln_f, (B, T, d): Eqs. G2–G3.
 
-        prefix_kv: optional per-layer (key, value) prefixes for Prefix-Tuning (P1).
+        prefix_kv: per-layer (keys, values) for Prefix-Tuning (P1), each (B, H, m, hs);
+        without it, a Prefix-Tuning encoder attached as ``self.prefix`` supplies them.
+        attention_mask: (B, T), 1 for real tokens and 0 for padding; padded keys are
+        never attended to (prefix keys always are).
         """
         c = self.config
         idx = self._check_ids(idx, "idx")
@@ -182,6 +206,14 @@ class GPT(Module):
             bad = lo if lo < 0 else hi
             raise IndexError(f"GPT: token id {bad} is outside the vocabulary [0, {c.vocab_size}) "
                              "(was the input encoded with a different tokenizer?)")
+        key_padding_mask = None
+        if attention_mask is not None:
+            mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
+            mask = backend.to_device(mask, self.device) if backend.is_array(mask) else \
+                backend.to_device(np.asarray(mask), self.device)
+            if tuple(mask.shape) != (B, T):
+                raise ValueError(f"GPT: attention_mask of shape {tuple(mask.shape)} does not match idx {(B, T)}")
+            key_padding_mask = mask == 0                  # (B, T), True = padding
         tr = self.transformer
         pos = arange(T, device=idx.device)
         x = tr.wte(idx) + tr.wpe(pos)                     # G2: E_token(x_i) + E_pos(i), (B, T, d)
@@ -190,16 +222,24 @@ class GPT(Module):
                 raise ValueError("GPT: this model has segment embeddings; pass segments= of shape (B, T)")
             x = x + tr.wse(self._check_ids(segments, "segments"))   # + E_seg(s_i)
         x = tr.drop(x)
+        if prefix_kv is None and self.prefix is not None and self.prefix.active:
+            prefix_kv = self.prefix(B)                    # P1: m learned keys/values per layer
+        if prefix_kv is not None and len(prefix_kv) != c.n_layer:
+            raise ValueError(f"GPT: prefix_kv has {len(prefix_kv)} layers, the model {c.n_layer}")
         for i, block in enumerate(tr.h):                  # G3: Hˡ = Transformer(Hˡ⁻¹)
-            if prefix_kv is None:
-                x = block(x)
-            else:
-                x = x + block.attn(block.ln_1(x), prefix_kv[i])
-                x = x + block.mlp(block.ln_2(x))
-        x = tr.ln_f(x)
-        logits = x @ tr.wte.weight.T                      # G1: h · E_tokenᵀ, (B, T, V)
+            x = block(x, None if prefix_kv is None else prefix_kv[i], key_padding_mask)
+        return tr.ln_f(x)
+
+    def forward(self, idx, targets=None, segments=None, prefix_kv=None, attention_mask=None):
+        """Logits (B, T, V) and the mean NLL of ``targets`` (G4), or None.
+
+        See :meth:`hidden_states` for segments, prefix_kv and attention_mask.
+        """
+        x = self.hidden_states(idx, segments, prefix_kv, attention_mask)
+        logits = x @ self.transformer.wte.weight.T        # G1: h · E_tokenᵀ, (B, T, V)
         loss = None
         if targets is not None:
+            B, T = x.shape[:2]
             targets = self._check_ids(targets, "targets")
             if targets.shape != (B, T):
                 raise ValueError(f"GPT: targets of shape {targets.shape} do not match idx of shape {(B, T)}")

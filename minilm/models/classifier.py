@@ -1,0 +1,76 @@
+"""A task head on a pretrained model (§3.1 step 4): sequence classification.
+
+    h = pool(H^L)            H^L: the last layer's states (B, T, d) after ln_f
+    logits = h W + b         W ∈ R^{d×C}, one column per class
+    loss = CE(y, softmax(logits))
+
+Pooling: ``"mean"`` averages the real (unpadded) positions; ``"last"`` takes the
+last real position, which in a causal model is the only one that has seen the
+whole passage (GPT-2's GPT2ForSequenceClassification does this).  The head is
+called ``score``, as in transformers, and is always trained by minilm.peft.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from .. import functional as F
+from ..nn import Linear, Module, init
+from ..tensor import Generator, Tensor
+
+
+class GPTClassifier(Module):
+    """``logits, loss = clf(idx, labels)``: a GPT body and a linear head over pooled states."""
+
+    head_patterns = ("score.*",)      # minilm.peft keeps these trainable (PEFT's modules_to_save)
+
+    def __init__(self, gpt, n_classes: int, pooling: str = "mean", generator: Generator | None = None):
+        super().__init__()
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"GPTClassifier: pooling must be 'mean' or 'last', got {pooling!r}")
+        if n_classes < 2:
+            raise ValueError(f"GPTClassifier: need at least 2 classes, got {n_classes}")
+        self.gpt, self.n_classes, self.pooling = gpt, n_classes, pooling
+        d = gpt.config.n_embd
+        self.score = Linear(d, n_classes, generator=generator)
+        init.normal_(self.score.weight, 0.0, 0.02, generator)
+        init.zeros_(self.score.bias)
+        w = gpt.transformer.wte.weight
+        self.score.to(w.device, w.dtype)
+
+    def pool(self, H, attention_mask=None):
+        """(B, T, d) → (B, d): mean over real positions, or the last real position."""
+        B, T, d = H.shape
+        xp = backend.get_array_module(H.data)
+        if attention_mask is None:
+            mask = xp.ones((B, T), dtype=H.dtype)
+        else:
+            mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
+            mask = backend.to_device(mask if backend.is_array(mask) else np.asarray(mask), H.device)
+            mask = (mask != 0).astype(H.dtype)                               # (B, T), 1 = real token
+        if self.pooling == "mean":
+            w = mask / xp.maximum(mask.sum(axis=1, keepdims=True), 1)        # (B, T), rows sum to 1
+            return (H * Tensor(w[:, :, None])).sum(axis=1)                   # (B, d)
+        last = (mask.sum(axis=1) - 1).astype(np.int64)                       # index of the last real token
+        last = xp.maximum(last, 0)
+        onehot = (xp.arange(T)[None, :] == last[:, None]).astype(H.dtype)    # (B, T)
+        return (H * Tensor(onehot[:, :, None])).sum(axis=1)                  # (B, d)
+
+    def forward(self, idx, labels=None, attention_mask=None, segments=None):
+        H = self.gpt.hidden_states(idx, segments=segments, attention_mask=attention_mask)   # (B, T, d)
+        logits = self.score(self.pool(H, attention_mask))                    # (B, C)
+        loss = None
+        if labels is not None:
+            if not isinstance(labels, Tensor):
+                labels = Tensor(backend.to_device(np.asarray(labels), logits.device))
+            if labels.shape != (logits.shape[0],):
+                raise ValueError(f"GPTClassifier: labels of shape {labels.shape} do not match a batch "
+                                 f"of {logits.shape[0]}")
+            lo, hi = int(labels.data.min()), int(labels.data.max())
+            if lo < 0 or hi >= self.n_classes:
+                raise IndexError(f"GPTClassifier: label {lo if lo < 0 else hi} outside [0, {self.n_classes})")
+            loss = F.cross_entropy(logits, labels)
+        return logits, loss
+
+    def extra_repr(self):
+        return f"classes={self.n_classes}, pooling={self.pooling!r}"
