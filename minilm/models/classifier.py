@@ -51,8 +51,7 @@ class GPTClassifier(Module):
         if self.pooling == "mean":
             w = mask / xp.maximum(mask.sum(axis=1, keepdims=True), 1)        # (B, T), rows sum to 1
             return (H * Tensor(w[:, :, None])).sum(axis=1)                   # (B, d)
-        last = (mask.sum(axis=1) - 1).astype(np.int64)                       # index of the last real token
-        last = xp.maximum(last, 0)
+        last = (T - 1 - xp.argmax(mask[:, ::-1], axis=1)).astype(np.int64)   # the last real token (any padding side)
         onehot = (xp.arange(T)[None, :] == last[:, None]).astype(H.dtype)    # (B, T)
         return (H * Tensor(onehot[:, :, None])).sum(axis=1)                  # (B, d)
 

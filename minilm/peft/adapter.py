@@ -127,11 +127,13 @@ def add_adapters(model: Module, config: AdapterConfig) -> Module:
 
     gen = Generator(config.seed)
     blocks = blocks_of(model)
+    taken = [f"block {i}: {slot}" for i, b in enumerate(blocks) for slot in PLACEMENTS[config.placement]
+             if getattr(b, slot) is not None]
+    if taken:                                              # checked before anything is put in
+        raise ValueError(f"add_adapters: these slots already hold adapters: {', '.join(taken)}")
     for block in blocks:
         d = block.ln_1.dim
         for slot in PLACEMENTS[config.placement]:
-            if getattr(block, slot) is not None:
-                raise ValueError(f"add_adapters: this block already has an adapter in {slot!r}")
             adapter = Adapter(d, config.r, config.reduction_factor, config.activation, config.init, gen)
             setattr(block, slot, adapter.to(block.ln_1.weight.device, block.ln_1.weight.dtype))
     freeze_base(model, config.train_also)

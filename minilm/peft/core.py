@@ -72,7 +72,8 @@ def _peft_parameter_ids(model: Module):
 def freeze_base(model: Module, train_also=()) -> Module:
     """A3: only PEFT parameters, the task head and ``train_also`` globs stay trainable."""
     keep = _peft_parameter_ids(model)
-    patterns = tuple(getattr(model, "head_patterns", ())) + tuple(train_also)
+    earlier = tuple(p for c in configs_of(model) for p in c.train_also)    # methods added before this one
+    patterns = tuple(getattr(model, "head_patterns", ())) + earlier + tuple(train_also)
     for name, p in model.named_parameters():
         trainable = id(p) in keep or any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
         p.requires_grad = trainable
@@ -137,6 +138,7 @@ def remove_peft(model: Module) -> Module:
                 setattr(m, attr, child.base_layer())
     for p in model.parameters():
         p.requires_grad = True
+    object.__setattr__(model, "_peft_configs", [])
     return model
 
 
@@ -156,6 +158,7 @@ def merge_and_unload(model: Module) -> Module:
                 setattr(m, attr, child.base_layer())
     for p in model.parameters():
         p.requires_grad = True
+    object.__setattr__(model, "_peft_configs", [])
     return model
 
 

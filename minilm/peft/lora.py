@@ -151,7 +151,8 @@ class LoRALinear(Module):
             raise RuntimeError("LoRA: this layer is not merged")
         W = self.weight.data
         if self._original is not None:
-            self.weight.data, self._original = self._original, None
+            kept, self._original = self._original, None       # moved with the model since merge()?
+            self.weight.data = backend.to_device(kept, self.weight.device).astype(W.dtype, copy=False)
         else:
             with no_grad():
                 dw = self.delta_weight().data
