@@ -9,6 +9,19 @@
 Parameter names and shapes are Hugging Face GPT-2's (``transformer.h.0.attn.
 c_attn.weight`` of shape (d, 3d), rows = inputs), so GPT-2 checkpoints in
 safetensors load directly (:func:`load_gpt2`).
+
+Structurally pruned models (:mod:`minilm.prune`).  ``GPTConfig.layer_heads`` (heads
+kept in each layer, each still of the original size hs = d / n_head) and
+``GPTConfig.layer_mlp`` (hidden width of each layer's MLP) describe a GPT whose
+layers are narrower than the config's n_head and 4d: layer l then has
+
+    c_attn (d, 3·h_l·hs)   c_proj (h_l·hs, d)   c_fc (d, m_l)   mlp.c_proj (m_l, d)
+
+with the same parameter names.  Both default to None, which is the ordinary
+GPT (n_head heads and 4d everywhere), so default configs build exactly the
+model they always did.  The config round-trips through ``to_dict``/``from_dict``
+(JSON lists), so a checkpoint of a pruned model reloads into
+``GPT(GPTConfig.from_dict(ckpt.config))``.
 """
 from __future__ import annotations
 
@@ -21,7 +34,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
+from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList, Parameter
 from ..nn import init
 from ..tensor import Generator, Tensor, arange
 
@@ -37,6 +50,8 @@ class GPTConfig:
     bias: bool = True             # biases in Linear and LayerNorm layers
     n_segments: int = 0           # > 0 adds a segment embedding E_seg (G2; BERT-style)
     layer_norm_epsilon: float = 1e-5
+    layer_heads: list | None = None   # structured pruning: heads kept per layer (each of size n_embd // n_head)
+    layer_mlp: list | None = None     # structured pruning: MLP hidden width per layer (default 4·n_embd)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -44,9 +59,45 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"GPTConfig: {name} must be positive, got {getattr(self, name)}")
+        for name, most in (("layer_heads", self.n_head), ("layer_mlp", None)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = list(value)
+            if len(value) != self.n_layer or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                     for v in value):
+                raise ValueError(f"GPTConfig: {name} must list one integer per layer ({self.n_layer}), got {value}")
+            bad = [v for v in value if v < 0 or (most is not None and v > most)]
+            if bad:
+                limit = f"between 0 and n_head={most}" if most is not None else "non-negative"
+                raise ValueError(f"GPTConfig: {name} entries must be {limit}, got {value}")
+            setattr(self, name, [int(v) for v in value])   # a list, as JSON gives it back
+
+    @property
+    def head_size(self) -> int:
+        """hs = n_embd // n_head: every head's size, in pruned layers too."""
+        return self.n_embd // self.n_head
+
+    def heads(self, layer: int) -> int:
+        """Heads in ``layer``: layer_heads[layer], or n_head."""
+        return self.n_head if self.layer_heads is None else self.layer_heads[layer]
+
+    def mlp_width(self, layer: int) -> int:
+        """Hidden width of ``layer``'s MLP: layer_mlp[layer], or 4·n_embd."""
+        return 4 * self.n_embd if self.layer_mlp is None else self.layer_mlp[layer]
+
+    @property
+    def pruned(self) -> bool:
+        return self.layer_heads is not None or self.layer_mlp is not None
 
     def to_dict(self):
-        return asdict(self)
+        """The fields as a JSON-able dict; layer_heads / layer_mlp only when set, so an unpruned
+        config gives the same dict (and the same cache keys) as before they existed."""
+        d = asdict(self)
+        for name in ("layer_heads", "layer_mlp"):
+            if d[name] is None:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d):
@@ -57,31 +108,63 @@ class GPTConfig:
         return cls(**d)
 
 
+def _linear(n_in: int, n_out: int, bias: bool, generator) -> Linear:
+    """Linear(n_in, n_out); n_in = 0 (a pruned layer with no heads or neurons left) gives a
+    (0, n_out) weight and its bias, which Linear's U[±1/√in] initialisation cannot draw."""
+    if n_in > 0:
+        return Linear(n_in, n_out, bias=bias, generator=generator)
+    layer = Linear(1, n_out, bias=bias, generator=generator)
+    layer.weight = Parameter(np.zeros((0, n_out), dtype=np.float32))   # (0, n_out)
+    layer.in_features = 0
+    return layer
+
+
+def _bias_only(proj: Linear, x, n_out: int):
+    """The output of proj on an input of width 0: just its bias, broadcast to (B, T, n_out), or zeros."""
+    B, T = x.shape[:2]
+    if proj.bias is not None:
+        return F.broadcast_to(proj.bias, (B, T, n_out))            # (n_out,) -> (B, T, n_out)
+    xp = backend.get_array_module(x.data)
+    return Tensor(xp.zeros((B, T, n_out), dtype=x.dtype))        # (B, T, n_out)
+
+
 class CausalSelfAttention(Module):
     """Multi-head self-attention where token t sees tokens ≤ t.
 
     q, k, v = H W_qkv (one fused (d, 3d) matrix, GPT-2's c_attn), split into
     n_head heads of size d/n_head, attention per head, heads joined, then c_proj.
+
+    ``n_head`` (default config.n_head) heads of size hs = config.n_embd // config.n_head:
+    a head-pruned layer keeps the original head size and has fewer heads, so c_attn is
+    (d, 3·n_head·hs) and c_proj (n_head·hs, d).  With no head left the layer adds only
+    c_proj's bias (attention is not called on empty arrays).
     """
 
-    def __init__(self, config: GPTConfig, generator=None):
+    def __init__(self, config: GPTConfig, generator=None, n_head: int | None = None):
         super().__init__()
         d = config.n_embd
-        self.n_head = config.n_head
-        self.c_attn = Linear(d, 3 * d, bias=config.bias, generator=generator)
-        self.c_proj = Linear(d, d, bias=config.bias, generator=generator)
+        self.n_head = config.n_head if n_head is None else int(n_head)
+        self.head_size = config.head_size                          # hs, unchanged by pruning
+        inner = self.n_head * self.head_size                       # h·hs (= d when unpruned)
+        self.c_attn = _linear(d, 3 * inner, config.bias, generator)
+        self.c_proj = _linear(inner, d, config.bias, generator)
         self.resid_dropout = Dropout(config.dropout)
 
     def forward(self, x, prefix_kv=None, key_padding_mask=None):
         """x (B, T, C) -> (B, T, C).  prefix_kv: P1's (keys, values), each (B, H, m, hs), put in
         front of this layer's keys and values; key_padding_mask (B, T), True where x is padding."""
         B, T, C = x.shape
-        H = self.n_head
-        qkv = self.c_attn(x)                                       # (B, T, 3C)
-        q, k, v = F.split(qkv, 3, axis=2)                          # 3 × (B, T, C)
-        q = q.reshape(B, T, H, C // H).permute(0, 2, 1, 3)         # (B, H, T, hs)
-        k = k.reshape(B, T, H, C // H).permute(0, 2, 1, 3)         # (B, H, T, hs)
-        v = v.reshape(B, T, H, C // H).permute(0, 2, 1, 3)         # (B, H, T, hs)
+        H, hs = self.n_head, self.head_size
+        if prefix_kv is not None and prefix_kv[0].shape[1] != H:
+            raise ValueError(f"CausalSelfAttention: prefix_kv has {prefix_kv[0].shape[1]} heads but this layer has "
+                             f"{H} (a head-pruned layer); Prefix-Tuning needs the layer's own head count")
+        if H == 0:                                                 # every head pruned: only c_proj's bias is left
+            return self.resid_dropout(_bias_only(self.c_proj, x, C))
+        qkv = self.c_attn(x)                                       # (B, T, 3·H·hs)
+        q, k, v = F.split(qkv, 3, axis=2)                          # 3 × (B, T, H·hs)
+        q = q.reshape(B, T, H, hs).permute(0, 2, 1, 3)             # (B, H, T, hs)
+        k = k.reshape(B, T, H, hs).permute(0, 2, 1, 3)             # (B, H, T, hs)
+        v = v.reshape(B, T, H, hs).permute(0, 2, 1, 3)             # (B, H, T, hs)
         n_prefix = 0
         if prefix_kv is not None:                                  # P1: learned keys/values in front
             pk, pv = prefix_kv                                     # each (B, H, m, hs)
@@ -89,22 +172,35 @@ class CausalSelfAttention(Module):
             n_prefix = pk.shape[2]
         y = F.scaled_dot_product_attention(q, k, v, causal=True, key_padding_mask=key_padding_mask,
                                            n_prefix=n_prefix)      # (B, H, T, hs)
-        y = y.permute(0, 2, 1, 3).reshape(B, T, C)                 # (B, T, H, hs) -> (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        y = y.permute(0, 2, 1, 3).reshape(B, T, H * hs)            # (B, T, H, hs) -> (B, T, H·hs)
+        return self.resid_dropout(self.c_proj(y))                  # (B, T, H·hs) -> (B, T, C)
+
+    def extra_repr(self):
+        return f"heads={self.n_head}, head_size={self.head_size}"
 
 
 class MLP(Module):
-    """H ↦ GELU(H W_fc + b_fc) W_proj + b_proj with a 4× wider hidden layer (GPT-2's tanh GELU)."""
+    """H ↦ GELU(H W_fc + b_fc) W_proj + b_proj with a 4× wider hidden layer (GPT-2's tanh GELU).
 
-    def __init__(self, config: GPTConfig, generator=None):
+    ``hidden`` (default 4·d) sets the width: a neuron-pruned layer is narrower, c_fc (d, m)
+    and c_proj (m, d).  With m = 0 the layer adds only c_proj's bias.
+    """
+
+    def __init__(self, config: GPTConfig, generator=None, hidden: int | None = None):
         super().__init__()
         d = config.n_embd
-        self.c_fc = Linear(d, 4 * d, bias=config.bias, generator=generator)
-        self.c_proj = Linear(4 * d, d, bias=config.bias, generator=generator)
+        self.hidden = 4 * d if hidden is None else int(hidden)
+        self.c_fc = _linear(d, self.hidden, config.bias, generator)
+        self.c_proj = _linear(self.hidden, d, config.bias, generator)
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        if self.hidden == 0:                                       # every neuron pruned
+            return self.dropout(_bias_only(self.c_proj, x, x.shape[-1]))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))   # (B,T,d)->(B,T,m)->(B,T,d)
+
+    def extra_repr(self):
+        return f"hidden={self.hidden}"
 
 
 class Block(Module):
@@ -117,12 +213,12 @@ class Block(Module):
     block's output, as §3.2 of the course describes.
     """
 
-    def __init__(self, config: GPTConfig, generator=None):
+    def __init__(self, config: GPTConfig, generator=None, layer: int = 0):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
-        self.attn = CausalSelfAttention(config, generator)
+        self.attn = CausalSelfAttention(config, generator, n_head=config.heads(layer))
         self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
-        self.mlp = MLP(config, generator)
+        self.mlp = MLP(config, generator, hidden=config.mlp_width(layer))
         self.adapter_attn = self.adapter_mlp = self.adapter_output = None
 
     def forward(self, x, prefix_kv=None, key_padding_mask=None):
@@ -155,7 +251,7 @@ class GPT(Module):
             wte=Embedding(c.vocab_size, c.n_embd, generator=generator),      # E_token (also the head, G1)
             wpe=Embedding(c.block_size, c.n_embd, generator=generator),      # E_pos
             drop=Dropout(c.dropout),
-            h=ModuleList(Block(c, generator) for _ in range(c.n_layer)),
+            h=ModuleList(Block(c, generator, layer=i) for i in range(c.n_layer)),
             ln_f=LayerNorm(c.n_embd, eps=c.layer_norm_epsilon, bias=c.bias),
         ))
         if c.n_segments:
@@ -187,8 +283,10 @@ class GPT(Module):
             raise ValueError(f"GPT: {what} must have shape (batch, time), got {idx.shape}")
         return idx
 
-    def hidden_states(self, idx, segments=None, prefix_kv=None, attention_mask=None):
-        """The last layer's states after ln_f, (B, T, d): Eqs. G2–G3.
+    def hidden_states(self, idx, segments=None, prefix_kv=None, attention_mask=None, all_layers=False):
+        """The last layer's states after ln_f, (B, T, d): Eqs. G2–G3.  With ``all_layers=True``,
+        a list [H⁰, H¹, …, Hᴸ] (the embeddings, then each block's output, before ln_f) and the
+        final ln_f(Hᴸ) as a pair (list, final) — what distillation's hidden-state terms compare.
 
         prefix_kv: per-layer (keys, values) for Prefix-Tuning (P1), each (B, H, m, hs);
         without it, a Prefix-Tuning encoder attached as ``self.prefix`` supplies them.
@@ -226,9 +324,11 @@ class GPT(Module):
             prefix_kv = self.prefix(B)                    # P1: m learned keys/values per layer
         if prefix_kv is not None and len(prefix_kv) != c.n_layer:
             raise ValueError(f"GPT: prefix_kv has {len(prefix_kv)} layers, the model {c.n_layer}")
+        layers = [x]
         for i, block in enumerate(tr.h):                  # G3: Hˡ = Transformer(Hˡ⁻¹)
             x = block(x, None if prefix_kv is None else prefix_kv[i], key_padding_mask)
-        return tr.ln_f(x)
+            layers.append(x)
+        return (layers, tr.ln_f(x)) if all_layers else tr.ln_f(x)
 
     def forward(self, idx, targets=None, segments=None, prefix_kv=None, attention_mask=None):
         """Logits (B, T, V) and the mean NLL of ``targets`` (G4), or None.
@@ -248,7 +348,13 @@ class GPT(Module):
 
     def extra_repr(self):
         c = self.config
-        return f"vocab={c.vocab_size}, block={c.block_size}, layers={c.n_layer}, heads={c.n_head}, d={c.n_embd}"
+        pruned = ""
+        if c.layer_heads is not None:
+            pruned += f", heads per layer={c.layer_heads}"
+        if c.layer_mlp is not None:
+            pruned += f", MLP widths={c.layer_mlp}"
+        return (f"vocab={c.vocab_size}, block={c.block_size}, layers={c.n_layer}, heads={c.n_head}, "
+                f"d={c.n_embd}{pruned}")
 
 
 # ---- GPT-2 checkpoints -------------------------------------------------------------------------
