@@ -296,14 +296,22 @@ def plot(result, path):
 
     for i, (key, metric, label) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        for r in result[key]:
-            x = max(r["trainable"], 1)
+        for k, r in enumerate(result[key]):
+            if r["trainable"] == 0:                               # no fine-tuning: a line, not a point at x = 0
+                ax.axhline(r[metric], color=color(r["method"]), ls=":", lw=1, label=r["method"])
+                continue
+            x = r["trainable"]
             ax.scatter([x], [r[metric]], color=color(r["method"]), s=40, zorder=3)
-            ax.annotate(r["method"], (x, r[metric]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            if r["saved"] != r["trainable"]:                      # a reparameterised prefix: saved after folding
+                ax.scatter([r["saved"]], [r[metric]], facecolors="none", edgecolors=color(r["method"]), s=40,
+                           zorder=3)
+                ax.plot([r["saved"], x], [r[metric]] * 2, color=color(r["method"]), lw=0.8, ls="--")
+            ax.annotate(r["method"], (x, r[metric]), fontsize=7, xytext=(4, 3 if k % 2 else -9),
+                        textcoords="offset points")
         if key == "genre":
             ax.axhline(result["naive_bayes"], color="tab:brown", ls="--", lw=1, label="naive Bayes (words)")
-            ax.axhline(1 / 3, color="tab:red", ls=":", lw=1, label="chance")
-            ax.legend(fontsize=8, loc="lower right")
+            ax.axhline(1 / 3, color="tab:gray", ls="-.", lw=1, label="chance")
+        ax.legend(fontsize=7, loc="best", title="hollow: prefix as saved (folded)", title_fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log scale)")
         ax.set_ylabel(label)
