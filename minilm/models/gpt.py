@@ -215,6 +215,7 @@ class Block(Module):
 
     def __init__(self, config: GPTConfig, generator=None, layer: int = 0):
         super().__init__()
+        self.adapter_width = config.n_embd                # d: what an adapter in a slot maps (d → r → d)
         self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.attn = CausalSelfAttention(config, generator, n_head=config.heads(layer))
         self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)

@@ -132,9 +132,10 @@ def add_adapters(model: Module, config: AdapterConfig) -> Module:
     if taken:                                              # checked before anything is put in
         raise ValueError(f"add_adapters: these slots already hold adapters: {', '.join(taken)}")
     for block in blocks:
-        d = block.ln_1.dim
+        d = block.adapter_width
+        w = next(iter(block.parameters()))
         for slot in PLACEMENTS[config.placement]:
             adapter = Adapter(d, config.r, config.reduction_factor, config.activation, config.init, gen)
-            setattr(block, slot, adapter.to(block.ln_1.weight.device, block.ln_1.weight.dtype))
+            setattr(block, slot, adapter.to(w.device, w.dtype))
     freeze_base(model, config.train_also)
     return model

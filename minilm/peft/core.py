@@ -47,8 +47,12 @@ def gpt_of(model: Module):
 
 
 def blocks_of(model: Module):
-    from ..models.gpt import Block
-    blocks = [m for _, m in model.named_modules() if isinstance(m, Block)]
+    """The Transformer layers that take adapters: modules with an ``adapter_width`` (the model
+    width d) and the three slots adapter_attn / adapter_mlp / adapter_output (GPT's Block,
+    the BERT encoder's layer)."""
+    blocks = [m for _, m in model.named_modules()
+              if hasattr(m, "adapter_width") and all(hasattr(m, s) for s in ("adapter_attn", "adapter_mlp",
+                                                                               "adapter_output"))]
     if not blocks:
         raise TypeError(f"{type(model).__name__} has no Transformer blocks to put adapters in")
     return blocks
@@ -124,9 +128,10 @@ def disable_adapters(model: Module):
 def remove_peft(model: Module) -> Module:
     """Take every PEFT module out (LoRA layers back to their Linear, unmerged first;
     adapter slots and the prefix emptied) and make every parameter trainable again."""
-    from ..models.gpt import Block, GPT
+    from ..models.gpt import GPT
+    blocks = {id(b) for b in blocks_of(model)} if _has_blocks(model) else set()
     for name, m in list(model.named_modules()):
-        if isinstance(m, Block):
+        if id(m) in blocks:
             for slot in ("adapter_attn", "adapter_mlp", "adapter_output"):
                 setattr(m, slot, None)
         if isinstance(m, GPT):
@@ -140,6 +145,14 @@ def remove_peft(model: Module) -> Module:
         p.requires_grad = True
     object.__setattr__(model, "_peft_configs", [])
     return model
+
+
+def _has_blocks(model):
+    try:
+        blocks_of(model)
+        return True
+    except TypeError:
+        return False
 
 
 def merge_and_unload(model: Module) -> Module:
