@@ -6,15 +6,16 @@
 The same data as benchmarks/bench_peft.py: a character-level corpus of the
 genre task's *train* plays (the held-out plays are never seen), its last 10%
 for validation.
-  teacher              GPT 4 layers × 256 wide (3.2M parameters), pretrained on the text
-  student, scratch     GPT 4 layers × 128 wide (0.84M, about a quarter), pretrained the same way
+  teacher              GPT 4 layers × 128 wide (0.84M parameters), pretrained on the text —
+                       the same base as benchmarks/bench_peft.py (pass its folder: --teacher-dir)
+  student, scratch     GPT 4 layers × 64 wide (0.22M, about a quarter), pretrained the same way
   student, distilled   the same student architecture and initial weights, trained on
                        K1 against the frozen teacher (T = 2, λ = 0.5) with the same optimizer,
                        schedule, steps and batches — only the loss differs
 Then the genre task: each model gets a classification head and full fine-tuning;
 the distilled student is fine-tuned on K1 against the fine-tuned teacher classifier.
 Reported: parameters, val loss (nats/char, the same fixed val blocks for all),
-test accuracy on the held-out plays, inference tokens/s (one thread, forward only),
+test accuracy on the held-out plays, inference tokens/s (forward only, the process's default threads),
 and how much of the teacher's gap over the scratch student the distilled one keeps:
 (L_scratch − L_distilled) / (L_scratch − L_teacher).
 """
@@ -44,7 +45,7 @@ from minilm.tokenizers import CharTokenizer  # noqa: E402
 from minilm.train import TrainConfig  # noqa: E402
 
 CONFIGS = {
-    "full": dict(teacher=dict(n_layer=4, n_head=4, n_embd=256), student=dict(n_layer=4, n_head=4, n_embd=128),
+    "full": dict(teacher=dict(n_layer=4, n_head=4, n_embd=128), student=dict(n_layer=4, n_head=4, n_embd=64),
                  block=256, pretrain=SIZES["full"].pretrain, clf_steps=400, clf_batch=16, test_per_genre=500,
                  train_per_genre=None, val_blocks=200),
     "quick": dict(teacher=dict(n_layer=2, n_head=2, n_embd=64), student=dict(n_layer=2, n_head=2, n_embd=32),
@@ -169,8 +170,9 @@ def format_table(result) -> str:
         lines.append(f"| {r['model']} | {r['params']:,} | {r['val_loss']:.4f} | {r.get('accuracy', float('nan')):.3f} | "
                      f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / t['tokens_per_s']:.2f}x |")
     g1, g2 = result["gap_kept_val_loss"], result["gap_kept_accuracy"]
-    lines += ["", f"Share of the teacher's gap over the scratch student that the distilled student keeps: "
-              f"val loss {g1:.0%}" + (f", accuracy {g2:.0%}" if g2 is not None else "")]
+    kept = [f"{what} {g:.0%}" for what, g in (("val loss", g1), ("accuracy", g2)) if g is not None]
+    lines += ["", "Share of the teacher's gap over the scratch student that the distilled student keeps: "
+              + (", ".join(kept) or "— (no gap)")]
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +181,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="out/bench_distill")
     ap.add_argument("--teacher-dir", help="a pretrain_base folder for the teacher (cached)")
-    ap.add_argument("--student-dir", help="a pretrain_base folder for the scratch student (e.g. bench_peft's base)")
+    ap.add_argument("--student-dir", help="a pretrain_base folder for the scratch student (cached)")
     a = ap.parse_args(argv)
     run("quick" if a.quick else "full", a.out, a.teacher_dir, a.student_dir)
 

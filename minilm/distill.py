@@ -67,7 +67,7 @@ class DistillationLoss(Function):
         kl = ((q * (log_q - log_p)).sum(axis=-1) * valid).sum() / n       # mean KL(q ‖ p) over counted rows
         ce = xp.zeros((), dtype=z_s.dtype)
         log_s, y_safe = None, None
-        if y is not None and lam < 1.0:
+        if y is not None:
             log_s = _log_softmax(xp, z_s)                                 # log softmax(z_s), (N, K)
             y_safe = xp.where(valid, y, 0)
             ce = -(log_s[xp.arange(N), y_safe] * valid).sum() / n         # mean −log s[y]
@@ -222,10 +222,7 @@ class Distiller:
 
     def __init__(self, teacher, student, config: DistillConfig = None):
         self.teacher, self.student, self.config = teacher, student, config or DistillConfig()
-        self.teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad = False
-            p.grad = None
+        self.teacher.eval()        # frozen: it runs under no_grad in loss(); its requires_grad flags are left alone
         c = self.config
         if c.hidden_weight:
             gt, _ = _gpt_and_head(teacher)

@@ -196,3 +196,17 @@ def test_distiller_for_a_classifier():
 def test_hidden_terms_need_equal_widths():
     with pytest.raises(ValueError, match="equal widths"):
         Distiller(_gpt(4, d=16), _gpt(2, d=8), DistillConfig(hidden_weight=1.0))
+
+
+def test_distiller_leaves_the_teachers_flags_alone():
+    """The teacher is frozen by no_grad inside loss(), not by flipping its requires_grad: a teacher
+    that is fine-tuned later (a classifier head on it) must still train its whole body."""
+    teacher, student = _gpt(2, seed=0), _gpt(2, seed=1)
+    d = Distiller(teacher, student, DistillConfig())
+    assert all(p.requires_grad for p in teacher.parameters())
+    x = minilm.tensor(np.random.default_rng(0).integers(0, 20, (2, 8)))
+    loss, parts = d.loss(x, x)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    d1 = Distiller(teacher, student, DistillConfig(lam=1.0))
+    assert d1.loss(x, x)[1]["ce"] > 0                            # still reported when it has no weight
