@@ -13,6 +13,7 @@
 from .base import TOKENIZER_TYPES, Tokenizer, load_tokenizer
 from .bpe import ByteLevelBPE, SPLIT_PATTERN, split_chunks
 from .char import CharTokenizer
+from .wordpiece import WordPieceTokenizer
 
 __all__ = ["Tokenizer", "CharTokenizer", "ByteLevelBPE", "load_tokenizer", "TOKENIZER_TYPES",
-           "SPLIT_PATTERN", "split_chunks"]
+           "WordPieceTokenizer", "SPLIT_PATTERN", "split_chunks"]
