@@ -12,6 +12,7 @@ from .batches import BlockLoader, RandomBatches
 from .corpus import (Corpus, Work, cache_root, encode_corpus, load_text, normalize_whitespace,
                      train_val_split)
 from .genre import GENRE_LABELS, GenreTask, NaiveBayes, genre_task, poetry_split, split_plays
+from .pairs import PairTask, dialogue_lines, pair_task, pair_task_within_plays
 from .mlm import expected_span_length, find_phrases, mask_tokens, sample_span_lengths, word_starts
 from .sample import load_sample
 from .shakespeare import CorpusDownloadError, clean_gutenberg, load_shakespeare
@@ -21,4 +22,5 @@ __all__ = ["load_shakespeare", "load_sample", "load_text", "clean_gutenberg", "n
            "CorpusDownloadError", "cache_root", "encode_corpus", "train_val_split",
            "RandomBatches", "BlockLoader",
            "mask_tokens", "word_starts", "find_phrases", "sample_span_lengths", "expected_span_length",
+           "PairTask", "pair_task", "pair_task_within_plays", "dialogue_lines",
            "GENRE_LABELS", "GenreTask", "genre_task", "split_plays", "poetry_split", "NaiveBayes"]

