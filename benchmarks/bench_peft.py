@@ -113,6 +113,13 @@ def counts(model):
     return peft.trainable_report(model, file=io.StringIO())
 
 
+def _counted_row(model, name):
+    """(report, the table row's counting columns) for one method."""
+    rep = counts(model)
+    return rep, {"method": name, "trainable": rep["trainable"], "saved": rep["saved"], "total": rep["total"],
+                 "percent": rep["percent"]}
+
+
 def run(size_name="full", out_dir="out/bench_peft", stream=None, seed=0, corpus="shakespeare"):
     """Run the comparison and return the result dict (also written to out_dir as JSON, Markdown, PNG).
 
@@ -165,9 +172,7 @@ def run(size_name="full", out_dir="out/bench_peft", stream=None, seed=0, corpus=
         if kind == "head":
             name = "head only (tied wte)"
         prepare(g, kind, cfg, head_names=("transformer.wte.weight",))
-        rep = counts(g)
-        row = {"method": name, "trainable": rep["trainable"], "saved": rep["saved"], "total": rep["total"],
-               "percent": rep["percent"]}
+        rep, row = _counted_row(g, name)
         if kind != "none":
             fc = FinetuneConfig(steps=size.lm_steps, batch_size=size.lm_batch, lr=lr_for(kind), seed=seed,
                                 log_every=max(1, size.lm_steps // 3))
@@ -176,7 +181,7 @@ def run(size_name="full", out_dir="out/bench_peft", stream=None, seed=0, corpus=
             row["sec_per_step"] = res["sec_per_step"]
             x = ids_tr[:size.lm_batch * T].reshape(size.lm_batch, T)
             y = ids_tr[1:size.lm_batch * T + 1].reshape(size.lm_batch, T)
-            row["peak_mb"] = peak_memory_mb(_lm_step(g, x, y, fc), repeats=1)
+            row["peak_mb"] = peak_memory_mb(train_step_fn(g, x, y, fc), repeats=1)
         row["val_loss"] = lm_loss(g, ids_va, max_blocks=size.max_val_blocks)
         print(f"[poetry] {name}: held-out poetry loss {row['val_loss']:.4f}", file=stream, flush=True)
         lm_rows.append(row)
@@ -212,9 +217,7 @@ def _genre(corpus, tok, T, size, seed, fresh_gpt, stream):
         prepare(clf, kind, cfg, head_names=("score.*",))
         if kind == "none":
             clf.freeze()
-        rep = counts(clf)
-        row = {"method": name, "trainable": rep["trainable"], "saved": rep["saved"], "total": rep["total"],
-               "percent": rep["percent"]}
+        rep, row = _counted_row(clf, name)
         if kind != "none":
             fc = FinetuneConfig(steps=size.clf_steps, batch_size=size.clf_batch, lr=lr_for(kind), seed=seed,
                                 log_every=max(1, size.clf_steps // 4))
@@ -266,7 +269,7 @@ def remeasure(out_dir="out/bench_peft", size_name="full", steps=12, stream=None,
                 step = train_step_fn(model, Xc, yc, fc)
             else:
                 model = prepare(fresh_gpt(), kind, cfg, ("transformer.wte.weight",))
-                step = _lm_step(model, Xl[:, :-1], Xl[:, 1:], fc)
+                step = train_step_fn(model, Xl[:, :-1], Xl[:, 1:], fc)
             times = []
             for i in range(steps + 2):
                 t0 = time.perf_counter()
@@ -282,22 +285,6 @@ def remeasure(out_dir="out/bench_peft", size_name="full", steps=12, stream=None,
     plot(result, out / f"bench_peft_{size_name}.png")
     print("\n" + format_tables(result), file=stream, flush=True)
     return result
-
-
-def _lm_step(model, x, y, fc):
-    from minilm import optim
-    from minilm.tensor import Tensor
-    opt = optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=fc.lr)
-    xb, yb = Tensor(x), Tensor(y)
-
-    def step():
-        model.train()
-        _, loss = model(xb, yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.eval()
-    return step
 
 
 def _fmt(v, f):

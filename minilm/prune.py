@@ -367,6 +367,22 @@ def _group_sums(groups):
     return np.array([sum(float(a[idx].sum()) for a, idx in g) for g in groups], dtype=np.float64)
 
 
+def _per_layer_values(model, method, batches, what, pick):
+    """For each layer, the two matrices ``pick(layer, block)`` returns, as float64 host arrays of
+    w² ("norm") or Σ_batches |w ⊙ ∂L/∂w| ("grad"): [(first, second) per layer]."""
+    if method not in METHODS:
+        raise ValueError(f"{what}: method must be one of {METHODS}, got {method!r}")
+    blocks = list(_gpt(model).transformer.h)
+    mats = [w for l, b in enumerate(blocks) for w in pick(l, b)]
+    if method == "norm":
+        vals = [backend.to_numpy(w.data).astype(np.float64) ** 2 for w in mats]
+    else:
+        if batches is None:
+            raise ValueError(f"{what}: method 'grad' needs batches=[(x, y), ...]")
+        vals = _weight_grads(model, mats, batches)
+    return [(vals[2 * l], vals[2 * l + 1]) for l in range(len(blocks))]
+
+
 def head_importance(model: Module, method: str = "norm", batches=None) -> list:
     """One score per head, per layer (a list of arrays, layer l's of length h_l).
 
@@ -376,24 +392,15 @@ def head_importance(model: Module, method: str = "norm", batches=None) -> list:
     cols_j: head j's q, k and v columns of c_attn; rows_j: its rows of c_proj (module docstring).
     ``batches``: (x, y) pairs, the model's own loss (needed for "grad").
     """
-    if method not in METHODS:
-        raise ValueError(f"head_importance: method must be one of {METHODS}, got {method!r}")
     gpt = _gpt(model)
+    vals = _per_layer_values(model, method, batches, "head_importance", lambda l, b: (
+        _plain(b.attn.c_attn, f"layer {l} attn.c_attn").weight, _plain(b.attn.c_proj, f"layer {l} attn.c_proj").weight))
     blocks = list(gpt.transformer.h)
-    mats = []
-    for l, b in enumerate(blocks):
-        mats += [_plain(b.attn.c_attn, f"layer {l} attn.c_attn").weight, _plain(b.attn.c_proj, f"layer {l} attn.c_proj").weight]
-    if method == "norm":
-        vals = [backend.to_numpy(w.data).astype(np.float64) ** 2 for w in mats]
-    else:
-        if batches is None:
-            raise ValueError("head_importance: method 'grad' needs batches=[(x, y), ...]")
-        vals = _weight_grads(model, mats, batches)
     out = []
     hs = gpt.config.head_size
     for l, b in enumerate(blocks):
         h = b.attn.n_head
-        qkv, proj = vals[2 * l], vals[2 * l + 1]
+        qkv, proj = vals[l]
         groups = [[(qkv, (slice(None), _head_columns(h, hs, [j]))), (proj, (_head_rows(hs, [j]), slice(None)))]
                   for j in range(h)]
         s = _group_sums(groups)
@@ -407,22 +414,10 @@ def neuron_importance(model: Module, method: str = "norm", batches=None) -> list
         "norm":  s_li = √( Σ c_fc[:, i]² + Σ c_proj[i, :]² )
         "grad":  s_li = Σ_batches ( Σ |c_fc ⊙ ∂L/∂c_fc|[:, i] + Σ |c_proj ⊙ ∂L/∂c_proj|[i, :] )
     """
-    if method not in METHODS:
-        raise ValueError(f"neuron_importance: method must be one of {METHODS}, got {method!r}")
-    gpt = _gpt(model)
-    blocks = list(gpt.transformer.h)
-    mats = []
-    for l, b in enumerate(blocks):
-        mats += [_plain(b.mlp.c_fc, f"layer {l} mlp.c_fc").weight, _plain(b.mlp.c_proj, f"layer {l} mlp.c_proj").weight]
-    if method == "norm":
-        vals = [backend.to_numpy(w.data).astype(np.float64) ** 2 for w in mats]
-    else:
-        if batches is None:
-            raise ValueError("neuron_importance: method 'grad' needs batches=[(x, y), ...]")
-        vals = _weight_grads(model, mats, batches)
+    vals = _per_layer_values(model, method, batches, "neuron_importance", lambda l, b: (
+        _plain(b.mlp.c_fc, f"layer {l} mlp.c_fc").weight, _plain(b.mlp.c_proj, f"layer {l} mlp.c_proj").weight))
     out = []
-    for l in range(len(blocks)):
-        fc, proj = vals[2 * l], vals[2 * l + 1]
+    for fc, proj in vals:
         s = fc.sum(axis=0) + proj.sum(axis=1)                # column i of c_fc + row i of c_proj, (m_l,)
         out.append(np.sqrt(s) if method == "norm" else s)
     return out
