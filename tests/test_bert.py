@@ -11,7 +11,7 @@ from helpers import host, to_tensor
 from minilm import peft
 from minilm.models import Bert, BertClassifier, BertConfig, BertForMaskedLM, find_minilm_l6_v2
 from minilm.models import bert as bert_module
-from minilm.models.bert import BertEmbeddings, BertLayer, l2_normalize, pool
+from minilm.models.bert import BertEmbeddings, BertLayer, l2_normalize, pair_features, pool
 from minilm.nn import StateDictError
 
 TINY = dict(vocab_size=11, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
@@ -72,7 +72,7 @@ def test_mlm_head_gradcheck_with_tied_decoder(device):
                                 to_tensor(labels, device)], fn=lambda out: out[1], **FAST)
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean", "pooler"])
+@pytest.mark.parametrize("pooling", ["cls", "mean", "pooler", "pair"])
 def test_classifier_gradcheck(pooling, device):
     clf = BertClassifier(tiny(), n_classes=3, pooling=pooling, generator=minilm.Generator(2))
     clf = _perturb(clf.double(), seed=3).to(device)
@@ -117,6 +117,40 @@ def test_all_layers_and_segments():
     assert len(layers) == 1 + TINY["num_hidden_layers"] and final is layers[-1]
     np.testing.assert_array_equal(host(final), host(m(x)))
     assert np.abs(host(m(x, token_type_ids=minilm.tensor(SEG))) - host(m(x))).max() > 1e-6   # E_seg matters
+
+
+def test_attention_probs_are_the_weights_forward_applies(device):
+    m = tiny(device).eval()
+    batch = np.array([[2, 5, 7, 3, 9], [4, 4, 6, 1, 2]])
+    kpm = MASK == 0                                                    # (B, T), True = padding
+    layers, _ = m(to_tensor(batch, device), attention_mask=to_tensor(MASK, device), all_layers=True)
+    for layer, x in zip(m.encoder.layer, layers[:-1]):
+        att = layer.attention.self
+        A = att.attention_probs(x, kpm)                                # (B, H, T, T)
+        assert A.shape == (2, TINY["num_attention_heads"], 5, 5)
+        np.testing.assert_allclose(A.sum(-1), 1.0, atol=1e-12)
+        assert (A[1][:, :, 3:] == 0).all() and (A[1][:, :, :3] > 0).all()    # padded keys get nothing
+        B, T, d = x.shape
+        v = host(att.value(x)).reshape(B, T, att.num_heads, att.head_size).transpose(0, 2, 1, 3)
+        by_hand = (A @ v).transpose(0, 2, 1, 3).reshape(B, T, d)           # (B, H, T, hs) -> (B, T, d)
+        np.testing.assert_allclose(by_hand, host(att(x, to_tensor(kpm, device))), atol=1e-10)
+
+
+def test_pair_features_by_hand_and_errors():
+    m = tiny().eval()
+    x = ids((2, 5), 11)
+    H = host(m(x, minilm.tensor(SEG), minilm.tensor(MASK)))                          # (2, 5, d)
+    got = host(pair_features(minilm.tensor(H), minilm.tensor(SEG), minilm.tensor(MASK)))
+    for b in range(2):
+        u = H[b][(SEG[b] == 0) & (MASK[b] == 1)].mean(0)
+        v = H[b][(SEG[b] == 1) & (MASK[b] == 1)].mean(0)                           # row 1: position 2 only
+        np.testing.assert_allclose(got[b], np.concatenate([u, v, np.abs(u - v), u * v]), atol=1e-12)
+    clf = BertClassifier(tiny(), n_classes=2, pooling="pair")
+    assert clf.classifier.weight.shape == (4 * TINY["hidden_size"], 2)
+    with pytest.raises(ValueError, match="token_type_ids"):
+        clf(x, attention_mask=minilm.tensor(MASK))
+    with pytest.raises(ValueError, match="pooling must be"):
+        BertClassifier(tiny(), n_classes=2, pooling="max")
 
 
 def test_parameter_names_are_hugging_face_names():

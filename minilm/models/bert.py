@@ -193,6 +193,33 @@ def pool(h, attention_mask=None, mode: str = "mean"):
     return (h * Tensor(w[:, :, None])).sum(axis=1)                       # (B, d)
 
 
+def pair_features(h, token_type_ids, attention_mask=None):
+    """(B, T, d) → (B, 4d): the classification features of Sentence-BERT (Reimers & Gurevych 2019)
+    taken inside one pass over ``[CLS] A [SEP] B [SEP]``:
+
+        u = mean of the real positions of segment 0,  v = mean of those of segment 1
+        features = [u, v, |u − v|, u ⊙ v]        (|x| written as relu(x) + relu(−x))
+
+    u ⊙ v summed is u·v, the cosine similarity a sentence-embedding model was trained on, so a
+    linear head on these features starts from what the pretrained model compares well.  A row
+    whose segment is empty (truncated away) gets zeros for it."""
+    if token_type_ids is None:
+        raise ValueError("pair_features: pooling='pair' needs token_type_ids (0 for [CLS] A [SEP], 1 for B [SEP])")
+    B, T, d = h.shape
+    xp = backend.get_array_module(h.data)
+    seg = _mask_array(token_type_ids, (B, T), h.device, "token_type_ids")                 # (B, T)
+    real = xp.ones((B, T), dtype=bool) if attention_mask is None else \
+        _mask_array(attention_mask, (B, T), h.device) != 0
+    parts = []
+    for s in (0, 1):
+        m = (real & (seg == s)).astype(h.dtype)                                           # (B, T)
+        w = m / xp.maximum(m.sum(axis=1, keepdims=True), 1e-9)                           # rows sum to 1 (or 0)
+        parts.append((h * Tensor(w[:, :, None])).sum(axis=1))                             # (B, d)
+    u, v = parts
+    diff = u - v
+    return F.concat([u, v, F.relu(diff) + F.relu(-diff), u * v], axis=-1)                # (B, 4d)
+
+
 def l2_normalize(x, eps: float = 1e-12):
     """x / ‖x‖₂ along the last axis (differentiable); ‖x‖ is computed as √(Σx² + eps²),
     which differs from torch's x / max(‖x‖, eps) only for vectors shorter than ~eps."""
@@ -251,6 +278,22 @@ class BertSelfAttention(Module):
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         y = F.scaled_dot_product_attention(q, k, v, causal=False, key_padding_mask=key_padding_mask)
         return y.permute(0, 2, 1, 3).reshape(B, T, H * hs)                 # (B, T, H, hs) -> (B, T, d)
+
+    def attention_probs(self, x, key_padding_mask=None) -> np.ndarray:
+        """The weights forward() applies to v, as a NumPy array to look at (the fused kernel never
+        stores them): A = softmax(q kᵀ/√hs) of shape (B, H, T, T), A[b, h, i, j] the weight query i
+        puts on key j, padded keys 0.  x (B, T, d) is the layer's input (``Bert(..., all_layers=True)[0][l]``)."""
+        B, T, _ = x.shape
+        H, hs = self.num_heads, self.head_size
+        q = backend.to_numpy(self.query(x).data).astype(np.float64).reshape(B, T, H, hs).transpose(0, 2, 1, 3)
+        k = backend.to_numpy(self.key(x).data).astype(np.float64).reshape(B, T, H, hs).transpose(0, 2, 1, 3)
+        scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hs)                # (B, H, T, T)
+        if key_padding_mask is not None:
+            pad = np.asarray(backend.to_numpy(getattr(key_padding_mask, "data", key_padding_mask)), dtype=bool)
+            scores = np.where(pad[:, None, None, :], -np.inf, scores)       # (B, 1, 1, T): a padded key
+        scores -= scores.max(axis=-1, keepdims=True)
+        e = np.exp(scores)
+        return e / e.sum(axis=-1, keepdims=True)
 
     def extra_repr(self):
         return f"heads={self.num_heads}, head_size={self.head_size}"
@@ -581,8 +624,10 @@ class BertClassifier(Module):
     """``logits, loss = clf(input_ids, labels, attention_mask, token_type_ids)``.
 
         h = pool(Hᴸ)            "cls": h_[CLS];  "mean": the mean of the real tokens;
-                                "pooler": BertModel's tanh(h_[CLS] W + b) (needs a pooler)
-        logits = dropout(h) W + b,  W ∈ R^{d×C}  (``classifier``, trained by minilm.peft)
+                                "pooler": BertModel's tanh(h_[CLS] W + b) (needs a pooler);
+                                "pair": [u, v, |u − v|, u ⊙ v] of the two segments' means
+                                (``pair_features``; h is 4d wide)
+        logits = dropout(h) W + b,  W ∈ R^{d×C} (R^{4d×C} for "pair")  (``classifier``, trained by minilm.peft)
 
     Sentence pairs: pass token_type_ids (0 for [CLS] A [SEP], 1 for B [SEP]).
     """
@@ -591,15 +636,16 @@ class BertClassifier(Module):
 
     def __init__(self, bert: Bert, n_classes: int, pooling: str = "cls", generator: Generator | None = None):
         super().__init__()
-        if pooling not in POOLINGS + ("pooler",):
-            raise ValueError(f"BertClassifier: pooling must be 'cls', 'mean' or 'pooler', got {pooling!r}")
+        if pooling not in POOLINGS + ("pooler", "pair"):
+            raise ValueError(f"BertClassifier: pooling must be 'cls', 'mean', 'pooler' or 'pair', got {pooling!r}")
         if pooling == "pooler" and bert.pooler is None:
             raise ValueError("BertClassifier: pooling='pooler' needs a Bert with a pooler")
         if n_classes < 2:
             raise ValueError(f"BertClassifier: need at least 2 classes, got {n_classes}")
         self.bert, self.n_classes, self.pooling = bert, n_classes, pooling
         self.dropout = Dropout(bert.config.hidden_dropout_prob)
-        self.classifier = Linear(bert.config.hidden_size, n_classes, generator=generator)
+        width = bert.config.hidden_size * (4 if pooling == "pair" else 1)
+        self.classifier = Linear(width, n_classes, generator=generator)
         init.normal_(self.classifier.weight, 0.0, 0.02, generator)
         init.zeros_(self.classifier.bias)
         w = bert.embeddings.word_embeddings.weight
@@ -607,7 +653,12 @@ class BertClassifier(Module):
 
     def forward(self, input_ids, labels=None, attention_mask=None, token_type_ids=None):
         H = self.bert(input_ids, token_type_ids, attention_mask)           # (B, T, d)
-        h = self.bert.pooled_output(H) if self.pooling == "pooler" else pool(H, attention_mask, self.pooling)
+        if self.pooling == "pooler":
+            h = self.bert.pooled_output(H)                                   # (B, d)
+        elif self.pooling == "pair":
+            h = pair_features(H, token_type_ids, attention_mask)             # (B, 4d)
+        else:
+            h = pool(H, attention_mask, self.pooling)                        # (B, d)
         logits = self.classifier(self.dropout(h))                          # (B, C)
         loss = None
         if labels is not None:
