@@ -94,7 +94,7 @@ from minilm.data.batches import RandomBatches
 from minilm.data.genre import NaiveBayes, genre_task, pretraining_text, split_plays
 from minilm.data.mlm import IGNORE_INDEX, mask_tokens
 from minilm.data.pairs import pair_task, pair_task_within_plays
-from minilm.finetune import FinetuneConfig, _loop, peak_memory_mb
+from minilm.finetune import FinetuneConfig, peak_memory_mb, train_loop
 from minilm.models import GPT, GPTConfig
 from minilm.models.bert import Bert, BertClassifier, BertConfig, BertForMaskedLM, find_minilm_l6_v2
 from minilm.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, warmup_cosine_scheduler
@@ -200,7 +200,7 @@ def _loss(clf, ids, types, mask, y):
 
 
 def train_bert_classifier(clf, data: Encoded, config: FinetuneConfig, stream=None) -> dict:
-    """Random minibatches of ``data``, AdamW on the trainable parameters (minilm.finetune's loop)."""
+    """Random minibatches of ``data``, AdamW on the trainable parameters (minilm.finetune.train_loop)."""
     rng = np.random.default_rng(config.seed)
 
     def batch():
@@ -208,7 +208,7 @@ def train_bert_classifier(clf, data: Encoded, config: FinetuneConfig, stream=Non
         return ids, types, mask, y
 
     tokens = config.batch_size * data.input_ids.shape[1]
-    return _loop(clf, config, batch, lambda *b: _loss(clf, *b), tokens, stream)
+    return train_loop(clf, config, batch, lambda *b: _loss(clf, *b), tokens, stream)
 
 
 @no_grad()

@@ -150,15 +150,15 @@ def run(size="full", out="out/bench_distill", teacher_dir=None, student_dir=None
 
 
 def _train_classifier_kd(distiller, X, y, fc, stream):
-    from minilm.finetune import _loop
+    from minilm.finetune import train_loop
     rng = np.random.default_rng(fc.seed)
 
     def batch():
         i = rng.integers(0, len(X), size=fc.batch_size)
         return Tensor(X[i]), Tensor(y[i])
 
-    return _loop(distiller.student, fc, batch, lambda xb, yb: distiller.loss(xb, yb)[0], fc.batch_size * X.shape[1],
-                 stream)
+    return train_loop(distiller.student, fc, batch, lambda xb, yb: distiller.loss(xb, yb)[0],
+                      fc.batch_size * X.shape[1], stream)
 
 
 def format_table(result) -> str:

@@ -81,9 +81,12 @@ def _step(model, opt, sched, loss, grad_clip):
     return value
 
 
-def _loop(model, config, batch_fn, loss_fn, tokens_per_step, stream):
-    """The shared loop: returns history and seconds per step (steps after the first two, so
-    one-time costs such as compiling the attention kernel are not counted)."""
+def train_loop(model, config: FinetuneConfig, batch_fn, loss_fn, tokens_per_step: int = 0, stream=None) -> dict:
+    """The loop under train_classifier and train_lm, for inputs they do not know (a BERT's segments and
+    padding mask, a distiller's teacher): ``config.steps`` times, ``loss = loss_fn(*batch_fn())``, then
+    backward, clipping and AdamW with warm-up and cosine decay on the trainable parameters.  Returns
+    {"loss": [per step], "sec_per_step": median over the steps after the first two (one-time costs such
+    as compiling the attention kernel are not counted)}; ``stream`` shows a progress line."""
     opt, sched = _optimizer(model, config)
     model.train()
     progress = Progress(config.steps, every=config.log_every, stream=stream) if stream else None
@@ -114,7 +117,7 @@ def train_classifier(clf, X, y, config: FinetuneConfig, stream=None) -> dict:
         i = rng.integers(0, len(X), size=config.batch_size)
         return Tensor(backend.to_device(X[i], dev)), Tensor(backend.to_device(y[i], dev))
 
-    return _loop(clf, config, batch, lambda xb, yb: clf(xb, yb)[1], config.batch_size * X.shape[1], stream)
+    return train_loop(clf, config, batch, lambda xb, yb: clf(xb, yb)[1], config.batch_size * X.shape[1], stream)
 
 
 @no_grad()
@@ -143,7 +146,7 @@ def train_lm(model, ids, config: FinetuneConfig, stream=None) -> dict:
         x, y = batches()
         return Tensor(backend.to_device(x, dev)), Tensor(backend.to_device(y, dev))
 
-    return _loop(model, config, batch, lambda xb, yb: model(xb, yb)[1], config.batch_size * T, stream)
+    return train_loop(model, config, batch, lambda xb, yb: model(xb, yb)[1], config.batch_size * T, stream)
 
 
 @no_grad()

@@ -9,6 +9,7 @@ import pytest
 import minilm
 from helpers import host, to_tensor
 from minilm import peft
+from minilm.finetune import FinetuneConfig, train_loop
 from minilm.models import Bert, BertClassifier, BertConfig, BertForMaskedLM, find_minilm_l6_v2
 from minilm.models import bert as bert_module
 from minilm.models.bert import BertEmbeddings, BertLayer, l2_normalize, pair_features, pool
@@ -151,6 +152,26 @@ def test_pair_features_by_hand_and_errors():
         clf(x, attention_mask=minilm.tensor(MASK))
     with pytest.raises(ValueError, match="pooling must be"):
         BertClassifier(tiny(), n_classes=2, pooling="max")
+
+
+def test_train_loop_fine_tunes_a_pair_classifier_with_segments_and_padding():
+    rng = np.random.default_rng(0)
+    X = rng.integers(1, 11, size=(32, 5))
+    y = (X[:, 0] > 5).astype(np.int64)                                 # learnable from the first token
+    clf = BertClassifier(tiny(), n_classes=2, pooling="pair", generator=minilm.Generator(1))
+    peft.add(clf, peft.LoRAConfig(r=2, alpha=4, target_modules=["query", "value"]))
+    base = {k: v.copy() for k, v in clf.state_dict().items() if ".lora_" not in k and "classifier" not in k}
+    seg, mask = np.tile(SEG[0], (8, 1)), np.tile(MASK[1], (8, 1))       # (8, 5): a padded segment B
+
+    def batch():
+        i = rng.integers(0, len(X), size=8)
+        return minilm.tensor(X[i]), minilm.tensor(y[i]), minilm.tensor(mask), minilm.tensor(seg)
+
+    run = train_loop(clf, FinetuneConfig(steps=150, batch_size=8, lr=2e-2, warmup=5), batch, lambda *b: clf(*b)[1])
+    assert len(run["loss"]) == 150 and run["sec_per_step"] > 0
+    assert np.mean(run["loss"][-10:]) < np.mean(run["loss"][:10]) - 0.2
+    after = clf.state_dict()
+    assert all(np.array_equal(v, after[k]) for k, v in base.items())   # the base is frozen
 
 
 def test_parameter_names_are_hugging_face_names():
