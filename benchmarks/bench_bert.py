@@ -47,7 +47,7 @@
    Face's ``BertForMaskedLM`` of the same size (lr 3e-3; same batches, masks and
    schedule) left it within 1,500 steps (val 3.075 and 3.073 at lr 3e-3:
    ``mlm_plateau.py``); with 32 blocks of 64 (~307 targets a step) the drop comes
-   after about 600 steps.  Hence blocks of 64 here, where bench_peft's base uses 128.
+   after about 500 steps.  Hence blocks of 64 here, where bench_peft's base uses 128.
 
    Why characters and not WordPiece for this part: it keeps the only differences
    between the two models the objective and the attention mask — the same
@@ -63,7 +63,8 @@ each of the two LMs.  Estimated from step times measured on this 2-core machine
 (task A) takes 0.6 s per step head only, 1.6 s full, 1.0 s Adapter, 1.2 s LoRA,
 and task B's ~52 pieces about 0.6 times that, so training is ≈ 21 min,
 evaluation ≈ 3.5 min, the two LMs (≈ 0.2 and 0.25 s per step) ≈ 15 min, loading,
-encoding and the zero-shot row ≈ 2 min: **about 40 minutes**.  The command:
+encoding and the zero-shot row ≈ 2 min: **about 40 minutes** (2,147 s measured).
+The command:
 
     python benchmarks/bench_bert.py --out out/bench_bert
 

@@ -19,7 +19,7 @@ loss of a model that ignores the context.
 On this 2-core machine (one thread), with 8 blocks of 128 and lr 3e-3, both
 implementations sat on the plateau for 1,500 steps: minilm val 3.075, Hugging
 Face 3.073 (unigram entropy 3.3), about 4 minutes each.  With ``--batch 32
---block 64`` minilm's leaves it after about 600 steps (``bench_bert.py``).
+--block 64`` minilm's leaves it after about 500 steps (``bench_bert.py``).
 """
 from __future__ import annotations
 
