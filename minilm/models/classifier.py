@@ -19,6 +19,21 @@ from ..nn import Linear, Module, init
 from ..tensor import Generator, Tensor
 
 
+def classification_loss(logits, labels, n_classes: int, who: str):
+    """CE(y, softmax(logits)) averaged over the batch, or None without labels; labels (B,) are checked
+    (shape, range) first, so a bad label names itself instead of indexing out of bounds."""
+    if labels is None:
+        return None
+    if not isinstance(labels, Tensor):
+        labels = Tensor(backend.to_device(np.asarray(labels), logits.device))
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"{who}: labels of shape {labels.shape} do not match a batch of {logits.shape[0]}")
+    lo, hi = int(labels.data.min()), int(labels.data.max())
+    if lo < 0 or hi >= n_classes:
+        raise IndexError(f"{who}: label {lo if lo < 0 else hi} outside [0, {n_classes})")
+    return F.cross_entropy(logits, labels)
+
+
 class GPTClassifier(Module):
     """``logits, loss = clf(idx, labels)``: a GPT body and a linear head over pooled states."""
 
@@ -58,18 +73,7 @@ class GPTClassifier(Module):
     def forward(self, idx, labels=None, attention_mask=None, segments=None):
         H = self.gpt.hidden_states(idx, segments=segments, attention_mask=attention_mask)   # (B, T, d)
         logits = self.score(self.pool(H, attention_mask))                    # (B, C)
-        loss = None
-        if labels is not None:
-            if not isinstance(labels, Tensor):
-                labels = Tensor(backend.to_device(np.asarray(labels), logits.device))
-            if labels.shape != (logits.shape[0],):
-                raise ValueError(f"GPTClassifier: labels of shape {labels.shape} do not match a batch "
-                                 f"of {logits.shape[0]}")
-            lo, hi = int(labels.data.min()), int(labels.data.max())
-            if lo < 0 or hi >= self.n_classes:
-                raise IndexError(f"GPTClassifier: label {lo if lo < 0 else hi} outside [0, {self.n_classes})")
-            loss = F.cross_entropy(logits, labels)
-        return logits, loss
+        return logits, classification_loss(logits, labels, self.n_classes, "GPTClassifier")
 
     def extra_repr(self):
         return f"classes={self.n_classes}, pooling={self.pooling!r}"
