@@ -64,23 +64,21 @@ inputs compute everything in float64.
 from __future__ import annotations
 
 import math
-import os
 
 import numba
-
-# Numba's default OpenMP threading layer keeps its workers spinning after each
-# parallel region, where they fight NumPy's BLAS threads for the cores: a GPT
-# training step ran ~2x slower on 2 cores.  The workqueue layer's workers
-# sleep instead.  (It must not be entered from two Python threads at once; set
-# NUMBA_THREADING_LAYER yourself to choose another layer.)
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 import numpy as np
 from llvmlite import binding as _llvm
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic, overload
+
+from . import _choose_threading_layer
+
+# Numba's workqueue threading layer unless the user chose one: OpenMP's spinning workers
+# made a GPT step ~2x slower on 2 cores (see _choose_threading_layer).  This module is
+# imported on the first attention call, before its first parallel region.
+_choose_threading_layer()
 
 # Tile sizes, queries × keys. Measured (forward and backward, one thread, the benchmark's
 # shapes, on a 2-core Zen 4): 64 × 64 is within a few % of the best everywhere and keeps

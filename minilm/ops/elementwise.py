@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-from .. import backend
+from .. import strict
+from ..backend import device_of
 from ..function import Function, get_array_module, unbroadcast
 
 
@@ -185,6 +186,24 @@ class ReLU(Function):
         return (g * (y > 0),)
 
 
+def erf(x):
+    """The error function, elementwise, on any device: erf(x) = 2/√π ∫₀ˣ exp(−t²) dt.
+
+    NumPy and CuPy do not spell it the same, so the device picks the implementation:
+    "cuda" cupyx.scipy.special.erf; "cpu" the Numba kernel minilm.kernels.special.erf
+    (imported, and compiled, on the first call); "strict" that kernel on the unwrapped
+    array, rewrapped.  A plain array function, not an op: no gradient.
+    """
+    device = device_of(x)
+    if device == "cuda":
+        import cupyx.scipy.special
+        return cupyx.scipy.special.erf(x)
+    from ..kernels import special                # Numba: loaded on first use, not on import minilm
+    if device == "strict":
+        return strict.wrap(special.erf(strict.unwrap(x, "erf")))
+    return special.erf(x)
+
+
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -217,7 +236,7 @@ class GELU(Function):
             ctx.save_for_backward(x, t)
             y = t + 1
         else:
-            cdf = backend.erf(x * _INV_SQRT_2)
+            cdf = erf(x * _INV_SQRT_2)
             cdf += 1
             cdf *= 0.5                           # Φ(x)
             ctx.save_for_backward(x, cdf)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import is_array, to_numpy
-from ..tensor import Tensor
 
 #: type name -> Tokenizer subclass; filled by ``register``.
 TOKENIZER_TYPES: dict[str, type] = {}
@@ -115,10 +114,10 @@ def _from_dict(d, where: str):
 
 def ids_to_numpy(ids) -> np.ndarray:
     """A list, tuple, NumPy/CuPy array or minilm Tensor of ids as a 1-D int64 NumPy array."""
-    if isinstance(ids, Tensor):
-        arr = ids.numpy()
-    elif is_array(ids):
+    if is_array(ids):
         arr = to_numpy(ids)
+    elif is_array(getattr(ids, "data", None)):  # a minilm Tensor (duck-typed: tokenizers sit below tensors)
+        arr = to_numpy(ids.data)
     else:
         arr = np.asarray(ids)
         if arr.size == 0:  # NumPy makes [] float64
