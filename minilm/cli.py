@@ -8,48 +8,45 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 
+MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")   # GPTConfig fields the CLI sets
+
+
+def _add_fields(group, cls, names=None, help=None):
+    """One flag per dataclass field (``--max-steps`` for max_steps), typed and defaulted by the
+    field itself, so the CLI and the config cannot drift apart."""
+    default = cls()
+    for f in dataclasses.fields(cls):
+        if names is not None and f.name not in names:
+            continue
+        value = getattr(default, f.name)
+        kind = type(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else str
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=value,
+                           help=(help or {}).get(f.name, " "))
+
+
 def _pretrain_args(p):
+    from .models import GPTConfig
     from .train import TrainConfig
-    d = TrainConfig()
     p.add_argument("--corpus", metavar="PATH", help="train on this UTF-8 text file instead of Shakespeare")
     p.add_argument("--tokenizer", choices=["char", "bpe"], default="char")
     p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (default 2048)")
     p.add_argument("--out", default=None, help="output folder (default out/shakespeare-<tokenizer>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
-    g = p.add_argument_group("model (nanoGPT's CPU Shakespeare recipe by default)")
-    g.add_argument("--n-layer", type=int, default=4)
-    g.add_argument("--n-head", type=int, default=4)
-    g.add_argument("--n-embd", type=int, default=128)
-    g.add_argument("--block-size", type=int, default=64)
-    g.add_argument("--dropout", type=float, default=0.0)
-    t = p.add_argument_group("training")
-    t.add_argument("--max-iters", type=int, default=d.max_iters)
-    t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate")
-    t.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine")
-    t.add_argument("--warmup-iters", type=int, default=d.warmup_iters)
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    t.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    t.add_argument("--eval-interval", type=int, default=d.eval_interval)
-    t.add_argument("--eval-iters", type=int, default=d.eval_iters)
-    t.add_argument("--patience", type=int, default=d.patience, help="evals without improvement before stopping (0: never)")
-    t.add_argument("--log-interval", type=int, default=d.log_interval)
-    t.add_argument("--seed", type=int, default=d.seed)
-    t.add_argument("--device", default="cpu", help="cpu, cuda or strict")
+    _add_fields(p.add_argument_group("model (nanoGPT's CPU Shakespeare recipe by default)"), GPTConfig, MODEL_FLAGS)
+    _add_fields(p.add_argument_group("training (minilm.train.TrainConfig)"), TrainConfig, help=TrainConfig.HELP)
     p.add_argument("--sample-tokens", type=int, default=300, help="tokens to sample at the end (0: none)")
 
 
 def _pretrain(a):
     from .pretrain import pretrain
-    model = dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=a.block_size, dropout=a.dropout)
-    train = dict(max_iters=a.max_iters, batch_size=a.batch_size, learning_rate=a.lr, min_lr=a.min_lr,
-                 warmup_iters=a.warmup_iters, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
-                 eval_interval=a.eval_interval, eval_iters=a.eval_iters, patience=a.patience,
-                 log_interval=a.log_interval, seed=a.seed, device=a.device)
+    from .train import TrainConfig
+    model = {name: getattr(a, name) for name in MODEL_FLAGS}
+    train = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
     pretrain(corpus=a.corpus, tokenizer=a.tokenizer, vocab_size=a.vocab_size,
              out_dir=a.out or f"out/shakespeare-{a.tokenizer}", model=model, train=train, resume=a.resume,
              sample_tokens=a.sample_tokens)

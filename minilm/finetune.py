@@ -1,47 +1,34 @@
-"""Fine-tuning loops for the downstream tasks (§3.1 step 4) and the measurements the comparison needs.
+"""Fine-tuning (§3.1 step 4) on the one Trainer, and the measurements the comparisons need.
 
     base = pretrain_base(text, tokenizer, GPTConfig(...), TrainConfig(...), out_dir)   # §3.1 steps 1–3, cached
-    clf = GPTClassifier(base, n_classes=3)
-    peft.add(clf, peft.LoRAConfig(r=4, parts=("q", "v")))                             # or Adapter / Prefix / none
-    run = train_classifier(clf, X_train, y_train, FinetuneConfig(steps=400))          # AdamW on the trainable params
+    clf = GPTClassifier(base, n_classes=3)            # or BertClassifier(Bert.from_pretrained(), 3)
+    peft.add(clf, peft.LoRAConfig(r=4))                # or Adapter / Prefix / none
+    train_classifier(clf, X_train, y_train, finetune_config(max_steps=400))
     accuracy(clf, X_test, y_test)
 
-Everything is seeded: the batches (a NumPy Generator), the new parameters (the
-configs' seeds) and the head (a minilm Generator), so two runs give the same numbers.
-``peak_memory_mb`` runs a step under tracemalloc, which sees NumPy's allocations.
+``X`` is (N, T) token ids; extra per-example inputs (``attention_mask``,
+``token_type_ids``, each (N, T)) are passed by name to train_classifier, predict and
+accuracy and reach the model with its batch, so GPT and BERT classifiers go through
+the same helpers.  Everything is seeded: the batches (a NumPy Generator), the new
+parameters (the configs' seeds) and the head (a minilm Generator), so two runs give
+the same numbers.  ``peak_memory_mb`` runs a step under tracemalloc, which sees
+NumPy's allocations.
 """
 from __future__ import annotations
 
-import math
 import sys
-import time
 import tracemalloc
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import backend
-from .optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, warmup_cosine_scheduler
+from .data.batches import RandomBatches
 from .tensor import Tensor, no_grad
-from .train import Progress
+from .train import TrainConfig, Trainer, finetune_config, lm_trainer, to_tensors
 
-
-@dataclass
-class FinetuneConfig:
-    steps: int = 400
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup: int = 20
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 50
-    device: str = "cpu"
-
-    def to_dict(self):
-        return asdict(self)
+__all__ = ["TrainConfig", "finetune_config", "encode_passages", "train_classifier", "predict", "accuracy",
+           "train_lm", "lm_loss", "peak_memory_mb", "train_step_fn", "pretrain_base"]
 
 
 def encode_passages(texts, tokenizer, length: int) -> np.ndarray:
@@ -56,97 +43,76 @@ def encode_passages(texts, tokenizer, length: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64).reshape(len(rows), length)
 
 
-def trainable_parameters(model):
-    return [p for p in model.parameters() if p.requires_grad]
+def _inputs(X, extra: dict, who: str) -> dict:
+    """{"input_ids": X, **extra} as arrays, each with X's N rows."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"{who}: X must be (N, T) token ids, got shape {X.shape}")
+    inputs = {"input_ids": X}
+    for name, a in extra.items():
+        if a is None:
+            continue
+        a = np.asarray(a)
+        if len(a) != len(X):
+            raise ValueError(f"{who}: {name} has {len(a)} rows, X has {len(X)}")
+        inputs[name] = a
+    return inputs
 
 
-def _optimizer(model, config: FinetuneConfig):
-    if not trainable_parameters(model):
-        raise ValueError("fine-tuning: the model has no trainable parameters")
-    opt = AdamW(param_groups_for_weight_decay(model, config.weight_decay), lr=config.lr)
-    sched = warmup_cosine_scheduler(opt, config.steps, min(config.warmup, config.steps), config.min_lr_ratio)
-    return opt, sched
+class ExampleBatches:
+    """Random minibatches of whole examples: ``batches()`` → {name: array[i]} for i drawn with
+    replacement from a seeded NumPy Generator; state_dict/load_state_dict for exact resume."""
 
+    def __init__(self, arrays: dict, batch_size: int, seed: int = 0):
+        self.arrays, self.batch_size = arrays, batch_size
+        self.n = len(next(iter(arrays.values())))
+        self.rng = np.random.default_rng(seed)
 
-def _step(model, opt, sched, loss, grad_clip):
-    opt.zero_grad()
-    loss.backward()
-    if grad_clip > 0:
-        clip_grad_norm(trainable_parameters(model), grad_clip)
-    opt.step()
-    sched.step()
-    value = loss.item()
-    if not math.isfinite(value):
-        raise FloatingPointError(f"fine-tuning loss became {value}; lower the learning rate")
-    return value
+    def __call__(self) -> dict:
+        i = self.rng.integers(0, self.n, size=self.batch_size)
+        return {k: v[i] for k, v in self.arrays.items()}
 
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state}
 
-def train_loop(model, config: FinetuneConfig, batch_fn, loss_fn, tokens_per_step: int = 0, stream=None) -> dict:
-    """The loop under train_classifier and train_lm, for inputs they do not know (a BERT's segments and
-    padding mask, a distiller's teacher): ``config.steps`` times, ``loss = loss_fn(*batch_fn())``, then
-    backward, clipping and AdamW with warm-up and cosine decay on the trainable parameters.  Returns
-    {"loss": [per step], "sec_per_step": median over the steps after the first two (one-time costs such
-    as compiling the attention kernel are not counted)}; ``stream`` shows a progress line."""
-    opt, sched = _optimizer(model, config)
-    model.train()
-    progress = Progress(config.steps, every=config.log_every, stream=stream) if stream else None
-    losses, times = [], []
-    for step in range(config.steps):
-        t0 = time.perf_counter()
-        loss = loss_fn(*batch_fn())
-        value = _step(model, opt, sched, loss, config.grad_clip)
-        times.append(time.perf_counter() - t0)
-        losses.append(value)
-        if progress:
-            progress.update(step, value, tokens_per_step, opt.param_groups[0]["lr"])
-    model.eval()
-    steady = times[2:] or times
-    return {"loss": losses, "sec_per_step": float(np.median(steady))}
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]
 
 
 # ---- classification -------------------------------------------------------------------------------
-def train_classifier(clf, X, y, config: FinetuneConfig, stream=None) -> dict:
-    """Minimise CE(y, softmax(head(pool(H)))) over the trainable parameters on random minibatches."""
-    X, y = np.asarray(X), np.asarray(y, dtype=np.int64)
-    if X.ndim != 2 or len(X) != len(y):
-        raise ValueError(f"train_classifier: X must be (N, T) and y (N,), got {X.shape} and {y.shape}")
-    rng = np.random.default_rng(config.seed)
-    dev = config.device
-
-    def batch():
-        i = rng.integers(0, len(X), size=config.batch_size)
-        return Tensor(backend.to_device(X[i], dev)), Tensor(backend.to_device(y[i], dev))
-
-    return train_loop(clf, config, batch, lambda xb, yb: clf(xb, yb)[1], config.batch_size * X.shape[1], stream)
+def train_classifier(clf, X, y, config: TrainConfig, stream=None, **extra) -> dict:
+    """Minimise CE(y, softmax(head(pool(H)))) over the trainable parameters on random minibatches;
+    ``extra``: per-example model inputs (attention_mask, token_type_ids).  Returns the Trainer's result."""
+    inputs = _inputs(X, extra, "train_classifier")
+    y = np.asarray(y, dtype=np.int64)
+    if y.shape != (len(inputs["input_ids"]),):
+        raise ValueError(f"train_classifier: X must be (N, T) and y (N,), got {inputs['input_ids'].shape} "
+                         f"and {y.shape}")
+    batches = ExampleBatches({**inputs, "labels": y}, config.batch_size, seed=config.seed)
+    return Trainer(clf, config, batches, stream=stream, quiet=stream is None).fit()
 
 
 @no_grad()
-def predict(clf, X, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+def predict(clf, X, batch_size: int = 64, device: str = "cpu", **extra) -> np.ndarray:
+    """The argmax class of each row of X (eval mode, no graph)."""
     clf.eval()
+    inputs = _inputs(X, extra, "predict")
     out = []
-    for s in range(0, len(X), batch_size):
-        logits, _ = clf(Tensor(backend.to_device(np.asarray(X[s:s + batch_size]), device)))
+    for s in range(0, len(inputs["input_ids"]), batch_size):
+        logits = clf(**to_tensors({k: v[s:s + batch_size] for k, v in inputs.items()}, device)).logits
         out.append(backend.to_numpy(logits.data).argmax(axis=-1))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def accuracy(clf, X, y, batch_size: int = 64, device: str = "cpu") -> float:
-    return float((predict(clf, X, batch_size, device) == np.asarray(y)).mean())
+def accuracy(clf, X, y, batch_size: int = 64, device: str = "cpu", **extra) -> float:
+    return float((predict(clf, X, batch_size, device, **extra) == np.asarray(y)).mean())
 
 
 # ---- language modelling ---------------------------------------------------------------------------
-def train_lm(model, ids, config: FinetuneConfig, stream=None) -> dict:
+def train_lm(model, ids, config: TrainConfig, stream=None) -> dict:
     """Minimise the mean NLL (G4) of random blocks of ``ids`` over the trainable parameters."""
-    from .data.batches import RandomBatches
-    T = model.config.block_size if hasattr(model, "config") else model.gpt.config.block_size
-    batches = RandomBatches(np.asarray(ids), T, config.batch_size, seed=config.seed)
-    dev = config.device
-
-    def batch():
-        x, y = batches()
-        return Tensor(backend.to_device(x, dev)), Tensor(backend.to_device(y, dev))
-
-    return train_loop(model, config, batch, lambda xb, yb: model(xb, yb)[1], config.batch_size * T, stream)
+    batches = RandomBatches(np.asarray(ids), model.config.block_size, config.batch_size, seed=config.seed)
+    return Trainer(model, config, batches, stream=stream, quiet=stream is None).fit()
 
 
 @no_grad()
@@ -166,7 +132,7 @@ def lm_loss(model, ids, batch_size: int = 16, max_blocks: int | None = None, dev
         st = starts[s:s + batch_size]
         x = ids[st[:, None] + np.arange(T)]                      # (b, T)
         y = ids[st[:, None] + np.arange(1, T + 1)]               # (b, T), x shifted by one
-        _, loss = model(Tensor(backend.to_device(x, device)), Tensor(backend.to_device(y, device)))
+        loss = model(**to_tensors((x, y), device)).loss
         total += loss.item() * x.size
         count += x.size
     return total / count
@@ -190,18 +156,18 @@ def peak_memory_mb(fn, repeats: int = 2) -> float:
     return max(peaks) / 2 ** 20
 
 
-def train_step_fn(model, X, y, config: FinetuneConfig):
-    """A function that runs one training step (forward, backward, AdamW) on the first batch of X."""
-    opt, _ = _optimizer(model, config)
-    xb = Tensor(backend.to_device(np.asarray(X[:config.batch_size]), config.device))
-    yb = None if y is None else Tensor(backend.to_device(np.asarray(y[:config.batch_size]), config.device))
+def train_step_fn(model, X, y, config: TrainConfig, **extra):
+    """A function that runs one training step (the Trainer's: forward, backward, clip, AdamW) on
+    the first batch of X (and y, or next-token labels when y is None and the model is an LM)."""
+    n = config.batch_size
+    batch = {k: v[:n] for k, v in _inputs(X, extra, "train_step_fn").items()}
+    if y is not None:
+        batch["labels"] = np.asarray(y)[:n]
+    trainer = Trainer(model, config, batches=None, quiet=True)
 
     def step():
         model.train()
-        _, loss = model(xb, yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        trainer.train_step(batch)
         model.eval()
     return step
 
@@ -215,7 +181,6 @@ def pretrain_base(text: str, tokenizer, model_config, train_config, out_dir, str
     from .data.corpus import train_val_split
     from .models import GPT
     from .tensor import Generator, manual_seed
-    from .train import Trainer
 
     out_dir = Path(out_dir)
     stream = stream or sys.stdout
@@ -235,7 +200,7 @@ def pretrain_base(text: str, tokenizer, model_config, train_config, out_dir, str
     model = GPT(model_config, generator=Generator(train_config.seed))
     print(f"pretraining the base GPT on {len(text):,} characters ({model.num_parameters():,} parameters)",
           file=stream, flush=True)
-    Trainer(model, train_ids, val_ids, train_config, out_dir, tokenizer=tokenizer, stream=stream).fit()
+    lm_trainer(model, train_ids, val_ids, train_config, out_dir, tokenizer=tokenizer, stream=stream).fit()
     ckpt = load_checkpoint(out_dir / "best")
     ckpt.load_into(model)
     stamp.write_text(json.dumps(key))

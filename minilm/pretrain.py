@@ -19,7 +19,7 @@ from .generate import generate
 from .models import GPT, GPTConfig
 from .tensor import Generator, manual_seed
 from .tokenizers import ByteLevelBPE, CharTokenizer, load_tokenizer
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, lm_trainer
 
 
 def build_tokenizer(kind: str, text: str, vocab_size: int, out_dir: Path, stream):
@@ -68,9 +68,10 @@ def pretrain(corpus=None, tokenizer="char", vocab_size=2048, out_dir="out/shakes
           file=stream)
     print(f"model: GPT {mc.n_layer} layers x {mc.n_head} heads x {mc.n_embd}, block {mc.block_size}, "
           f"{gpt.num_parameters():,} parameters on {tc.device!r}", file=stream)
-    print(f"training: {tc.max_iters} steps of {tc.batch_size} x {mc.block_size} tokens, lr {tc.learning_rate} "
-          f"-> {tc.min_lr} (cosine), AdamW, out {out_dir}", file=stream, flush=True)
-    trainer = Trainer(gpt, train_ids, val_ids, tc, out_dir, model_config=mc.to_dict(), tokenizer=tok, stream=stream)
+    print(f"training: {tc.max_steps} steps of {tc.batch_size} x {mc.block_size} tokens, lr {tc.learning_rate} "
+          f"-> {tc.learning_rate * tc.min_lr_ratio:.2g} (cosine), AdamW, out {out_dir}", file=stream, flush=True)
+    trainer = lm_trainer(gpt, train_ids, val_ids, tc, out_dir, checkpoint_config=mc.to_dict(), tokenizer=tok,
+                         stream=stream)
     if resume:
         if not (out_dir / "last").exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {out_dir / 'last'} to resume from")

@@ -1,10 +1,26 @@
-"""The pretraining loop (§3.1 step 3): batches in, mean NLL (G4) down, AdamW steps.
+"""The one training loop: pretraining (§3.1 step 3), fine-tuning (step 4), distillation, recovery.
 
-Every ``eval_interval`` steps it estimates train and val loss on fixed batches,
-keeps the best checkpoint, writes the latest one (for resuming) and the loss
-curve; it stops early when val loss has not improved for ``patience`` evals.
-A resumed run restores model, optimizer, schedule, batch sampler, RNG and step,
-so it continues with exactly the losses the uninterrupted run would have had.
+    trainer = Trainer(model, config, batches, loss_fn=None, evaluate=None, out_dir=None)
+    result = trainer.fit()
+
+Every step: ``batch = batches()`` → ``loss = loss_fn(model, batch)`` (default
+``model(**batch).loss``, e.g. the mean NLL of G4) → zero_grad → backward → clip → AdamW
+→ schedule → a non-finite loss stops the run with an error that names the step.  The
+Trainer owns the optimizer (AdamW over the trainable parameters, weight decay on matrices
+only), the warm-up + cosine schedule, clipping, periodic evaluation, best/last
+checkpoints, early stopping, exact resume, the progress line and the loss-curve plot.
+What differs between uses is passed in:
+
+    batches    a callable returning one batch: a dict of the model's keyword arguments
+               (NumPy arrays; moved to ``config.device``), or an (input_ids, labels) pair;
+               with state_dict()/load_state_dict() it resumes exactly (RandomBatches has them)
+    loss_fn    (model, batch) → loss, or (loss, {name: float}) to record parts of it
+               (a distiller's teacher lives inside such a function)
+    evaluate   (model) → {"val": …, …}, run under no_grad in eval mode every eval_interval
+               steps; the best "val" is kept (``lm_evaluator`` estimates train/val LM loss)
+
+A resumed run restores model, optimizer, schedule, batch sampler, RNG and step, so it
+continues with exactly the losses the uninterrupted run would have had.
 """
 from __future__ import annotations
 
@@ -21,27 +37,45 @@ from . import backend
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.batches import RandomBatches
 from .optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, warmup_cosine_scheduler
-from .tensor import Tensor, default_generator, no_grad
+from .tensor import Tensor, no_grad
 
 
 @dataclass
 class TrainConfig:
-    """nanoGPT's CPU recipe for character-level Shakespeare by default."""
-    max_iters: int = 2000
+    """One set of names for every run.  Defaults: nanoGPT's CPU recipe for character-level
+    Shakespeare (``finetune_config`` gives fine-tuning's)."""
+    max_steps: int = 2000
     batch_size: int = 12
     learning_rate: float = 1e-3
-    min_lr: float = 1e-4            # cosine decay ends here at max_iters
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
+    min_lr_ratio: float = 0.1       # cosine decay ends at learning_rate · min_lr_ratio at max_steps
+    warmup_steps: int = 100
+    weight_decay: float = 0.1       # on matrices only (param_groups_for_weight_decay)
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0          # 0 turns clipping off
-    eval_interval: int = 250
-    eval_iters: int = 20            # batches per loss estimate
+    eval_interval: int = 250        # 0: evaluate only at the end (if an evaluator is given)
+    eval_iters: int = 20            # batches per loss estimate (lm_evaluator)
     patience: int = 0               # stop after this many evals without a better val loss (0: never)
     log_interval: int = 10
     seed: int = 1337
     device: str = "cpu"
+
+    HELP = {"max_steps": "optimizer steps", "min_lr_ratio": "final lr / peak lr of the cosine schedule",
+            "warmup_steps": "linear warm-up steps", "grad_clip": "clip the gradient norm to this (0: off)",
+            "eval_interval": "evaluate, checkpoint and plot every this many steps",
+            "eval_iters": "batches per loss estimate", "patience": "stop after this many evals without "
+            "a better val loss (0: never)", "device": "cpu | cuda | strict"}
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig: {name} must be positive, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig: learning_rate must be > 0 and min_lr_ratio in [0, 1], got "
+                             f"{self.learning_rate} and {self.min_lr_ratio}")
+        for name in ("warmup_steps", "eval_interval", "patience", "grad_clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig: {name} must be non-negative, got {getattr(self, name)}")
 
     def to_dict(self):
         return asdict(self)
@@ -50,6 +84,14 @@ class TrainConfig:
     def from_dict(cls, d):
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def finetune_config(**overrides) -> TrainConfig:
+    """Fine-tuning's defaults (§3.1 step 4): 400 steps of 16, lr 1e-3 with 20 warm-up steps,
+    no weight decay, Adam's β₂ = 0.999, no periodic evaluation, seed 0; ``overrides`` on top."""
+    base = dict(max_steps=400, batch_size=16, learning_rate=1e-3, min_lr_ratio=0.1, warmup_steps=20,
+                weight_decay=0.0, beta2=0.999, eval_interval=0, log_interval=50, seed=0)
+    return TrainConfig(**{**base, **overrides})
 
 
 class Progress:
@@ -118,54 +160,112 @@ def plot_loss(history: dict, path) -> Path:
     return path
 
 
-class Trainer:
-    """Train a GPT on token ids: ``Trainer(model, train_ids, val_ids, config, out_dir).fit()``."""
+def to_tensors(batch, device: str) -> dict:
+    """A batch as the model's keyword arguments, each array a Tensor on ``device``: a dict as it
+    is; an (input_ids, labels) pair, as RandomBatches gives it, named so."""
+    if isinstance(batch, tuple) and len(batch) == 2:
+        batch = {"input_ids": batch[0], "labels": batch[1]}
+    if not isinstance(batch, dict):
+        raise TypeError(f"Trainer: a batch must be a dict of model arguments or an (input_ids, labels) pair, "
+                        f"got {type(batch).__name__}")
+    return {k: v if v is None or isinstance(v, Tensor) else Tensor(backend.to_device(np.asarray(v), device))
+            for k, v in batch.items()}
 
-    def __init__(self, model, train_ids, val_ids, config: TrainConfig, out_dir, model_config: dict | None = None,
-                 tokenizer=None, stream=None):
-        self.model, self.config, self.out_dir = model, config, Path(out_dir)
-        self.model_config = model_config if model_config is not None else model.config.to_dict()
-        self.tokenizer, self.stream = tokenizer, stream or sys.stdout
-        self.block_size = model.config.block_size
-        self.train_ids, self.val_ids = np.asarray(train_ids), np.asarray(val_ids)
+
+def model_loss(model, batch: dict):
+    """The default loss: ``model(**batch).loss`` (every minilm model computes it from labels)."""
+    loss = model(**batch).loss
+    if loss is None:
+        raise ValueError(f"Trainer: {type(model).__name__} returned no loss; the batch needs labels "
+                         f"(it has {sorted(batch)})")
+    return loss
+
+
+def lm_evaluator(train_ids, val_ids, block_size: int, batch_size: int, eval_iters: int, seed: int,
+                 device: str = "cpu"):
+    """An evaluator for a causal LM: the mean loss over ``eval_iters`` fixed random blocks (the
+    same ones every time: the sampler's seed is fixed) of train and of val, {"train", "val"}."""
+    splits = {"train": np.asarray(train_ids), "val": np.asarray(val_ids)}
+
+    def evaluate(model):
+        out = {}
+        for split, ids in splits.items():
+            sampler = RandomBatches(ids, block_size, batch_size, seed=seed)
+            losses = [model_loss(model, to_tensors(sampler(), device)).item() for _ in range(eval_iters)]
+            out[split] = float(np.mean(losses))
+        return out
+    return evaluate
+
+
+class Trainer:
+    """``Trainer(model, config, batches, loss_fn, evaluate, out_dir).fit()``: see the module docstring.
+
+    out_dir: where best/ and last/ checkpoints and loss.png go (None: nothing is written);
+    checkpoint_config: the JSON dict the model is rebuilt from (default model.config.to_dict());
+    tokenizer: saved beside the weights; stream: the progress line's stream (default stdout),
+    quiet=True for none; tokens_per_step: for the tokens/s figure (default batch × input length).
+    """
+
+    def __init__(self, model, config: TrainConfig, batches, loss_fn=None, evaluate=None, out_dir=None, *,
+                 checkpoint_config: dict | None = None, tokenizer=None, stream=None, quiet: bool = False,
+                 tokens_per_step: int | None = None):
+        self.model, self.config, self.batches = model, config, batches
+        self.loss_fn, self.evaluate = loss_fn or model_loss, evaluate
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.checkpoint_config = checkpoint_config
+        self.tokenizer, self.stream, self.quiet = tokenizer, stream or sys.stdout, quiet
+        self.tokens_per_step = tokens_per_step
         c = config
-        self.optimizer = AdamW(param_groups_for_weight_decay(model, c.weight_decay), lr=c.learning_rate,
-                               betas=(c.beta1, c.beta2))
-        self.scheduler = warmup_cosine_scheduler(self.optimizer, c.max_iters, min(c.warmup_iters, c.max_iters),
-                                                 min_lr_ratio=c.min_lr / c.learning_rate)
-        self.batches = RandomBatches(self.train_ids, self.block_size, c.batch_size, seed=c.seed)
+        groups = param_groups_for_weight_decay(model, c.weight_decay)
+        if not any(g["params"] for g in groups):
+            raise ValueError(f"Trainer: {type(model).__name__} has no trainable parameters")
+        self.parameters = [p for g in groups for p in g["params"]]
+        self.optimizer = AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2))
+        self.scheduler = warmup_cosine_scheduler(self.optimizer, c.max_steps, min(c.warmup_steps, c.max_steps),
+                                                 min_lr_ratio=c.min_lr_ratio)
         self.step = 0
         self.best_val = math.inf
         self.bad_evals = 0
         self.history = {"step": [], "loss": [], "eval": []}
+        self.step_seconds = []
 
     # ---- pieces --------------------------------------------------------------
-    def _tensor(self, a):
-        return Tensor(backend.to_device(a, self.config.device))
+    def train_step(self, batch) -> float:
+        """One optimizer step on ``batch``: forward, backward, clip, AdamW, schedule; the loss as a float."""
+        out = self.loss_fn(self.model, to_tensors(batch, self.config.device))
+        loss, parts = out if isinstance(out, tuple) else (out, {})
+        self.optimizer.zero_grad()
+        loss.backward()
+        if self.config.grad_clip > 0:
+            clip_grad_norm(self.parameters, self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {self.step}; lower the learning rate "
+                                     f"(now {self.config.learning_rate:.2e}) or check the data")
+        for name, v in parts.items():
+            self.history.setdefault(name, []).append(v)
+        return value
 
     @no_grad()
-    def estimate_loss(self) -> dict:
-        """Mean loss over ``eval_iters`` fixed batches of train and of val (dropout off)."""
+    def run_evaluation(self) -> dict:
+        """``evaluate(model)`` under no_grad with dropout off."""
         self.model.eval()
-        out = {}
-        for split, ids in (("train", self.train_ids), ("val", self.val_ids)):
-            sampler = RandomBatches(ids, self.block_size, self.config.batch_size, seed=self.config.seed + 1)
-            losses = []
-            for _ in range(self.config.eval_iters):
-                x, y = sampler()
-                _, loss = self.model(self._tensor(x), self._tensor(y))
-                losses.append(loss.item())
-            out[split] = float(np.mean(losses))
-        self.model.train()
-        return out
+        try:
+            return self.evaluate(self.model)
+        finally:
+            self.model.train()
 
     def _train_state(self):
         return {"step": self.step, "best_val": self.best_val if math.isfinite(self.best_val) else None,
-                "bad_evals": self.bad_evals, "history": self.history, "batches": self.batches.state_dict(),
+                "bad_evals": self.bad_evals, "history": self.history,
+                "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None,
                 "scheduler": self.scheduler.state_dict(), "train_config": self.config.to_dict()}
 
     def save(self, name):
-        return save_checkpoint(self.out_dir / name, self.model, self.model_config, optimizer=self.optimizer,
+        config = self.checkpoint_config if self.checkpoint_config is not None else self.model.config.to_dict()
+        return save_checkpoint(self.out_dir / name, self.model, config, optimizer=self.optimizer,
                                tokenizer=self.tokenizer, step=self.step, extra={"train": self._train_state()})
 
     def resume(self, name="last"):
@@ -178,58 +278,88 @@ class Trainer:
         self.best_val = state["best_val"] if state["best_val"] is not None else math.inf
         self.history = state["history"]
         self.history["eval"] = [tuple(e) for e in self.history["eval"]]
-        self.batches.load_state_dict(state["batches"])
+        if state["batches"] is not None:
+            self.batches.load_state_dict(state["batches"])
         self.scheduler.load_state_dict(state["scheduler"])
         return self
 
+    def _evaluate_and_save(self, progress) -> bool:
+        """Evaluate, keep the best, write last/ and the plot; True if the run should stop early."""
+        c = self.config
+        est = self.run_evaluation()
+        if "val" not in est:
+            raise KeyError(f"Trainer: the evaluator must return a 'val' entry, got {sorted(est)}")
+        self.history["eval"].append((self.step, est.get("train", float("nan")), est["val"]))
+        improved = est["val"] < self.best_val
+        if improved:
+            self.best_val, self.bad_evals = est["val"], 0
+        else:
+            self.bad_evals += 1
+        if self.out_dir is not None:
+            if improved:
+                self.save("best")
+            self.save("last")
+            plot_loss(self.history, self.out_dir / "loss.png")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in est.items())
+        saved = " (best, saved)" if improved and self.out_dir is not None else " (best)" if improved else ""
+        progress.message(f"step {self.step}: {shown}{saved}")
+        if c.patience and self.bad_evals >= c.patience:
+            progress.message(f"val loss has not improved for {c.patience} evaluations: stopping early")
+            return True
+        return False
+
     # ---- the loop --------------------------------------------------------------
     def fit(self, stop_at: int | None = None) -> dict:
-        """Train until max_iters (or early stop); ``stop_at`` pauses after that step, as an interruption would."""
+        """Train until max_steps (or early stop); ``stop_at`` pauses after that step, as an interruption
+        would (writing last/).  Returns {"loss": per-step losses, "best_val", "step", "stopped_early",
+        "history", "sec_per_step": the median step time after the first two (one-time costs such as
+        compiling the attention kernel are not counted)}; the model is left in eval mode."""
         c = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
-        progress = Progress(c.max_iters, start=self.step, every=c.log_interval, stream=self.stream)
-        tokens_per_step = c.batch_size * self.block_size
+        progress = Progress(c.max_steps, start=self.step, every=c.log_interval,
+                            stream=open(os.devnull, "w") if self.quiet else self.stream)
         stopped_early = False
-        while self.step < c.max_iters:
+        while self.step < c.max_steps:
             lr = self.optimizer.param_groups[0]["lr"]
-            x, y = self.batches()
-            _, loss = self.model(self._tensor(x), self._tensor(y))   # G4: mean −log P(x_t | x_<t)
-            self.optimizer.zero_grad()
-            loss.backward()
-            if c.grad_clip > 0:
-                clip_grad_norm(self.model.parameters(), c.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"loss became {value} at step {self.step}; lower the learning rate "
-                                         f"(now {lr:.2e}) or check the data")
+            t0 = time.perf_counter()
+            batch = self.batches()
+            value = self.train_step(batch)
+            self.step_seconds.append(time.perf_counter() - t0)
             self.history["step"].append(self.step)
             self.history["loss"].append(value)
-            progress.update(self.step, value, tokens_per_step, lr)
+            progress.update(self.step, value, self._tokens(batch), lr)
             self.step += 1
-            if stop_at is not None and self.step >= stop_at and self.step % c.eval_interval:
-                self.save("last")
+            if stop_at is not None and self.step >= stop_at and (not c.eval_interval or self.step % c.eval_interval):
+                if self.out_dir is not None:
+                    self.save("last")
                 break
-            if self.step % c.eval_interval == 0 or self.step == c.max_iters:
-                est = self.estimate_loss()
-                self.history["eval"].append((self.step, est["train"], est["val"]))
-                improved = est["val"] < self.best_val
-                if improved:
-                    self.best_val, self.bad_evals = est["val"], 0
-                    self.save("best")
-                else:
-                    self.bad_evals += 1
-                self.save("last")
-                plot_loss(self.history, self.out_dir / "loss.png")
-                progress.message(f"step {self.step}: train {est['train']:.4f}, val {est['val']:.4f}"
-                                 f"{' (best, saved)' if improved else ''}")
-                if stop_at is not None and self.step >= stop_at:
-                    break
-                if c.patience and self.bad_evals >= c.patience:
-                    progress.message(f"val loss has not improved for {c.patience} evaluations: stopping early")
+            due = (c.eval_interval and self.step % c.eval_interval == 0) or self.step == c.max_steps
+            if self.evaluate is not None and due:
+                if self._evaluate_and_save(progress):
                     stopped_early = True
                     break
-        return {"best_val": self.best_val, "step": self.step, "stopped_early": stopped_early,
-                "history": self.history}
+                if stop_at is not None and self.step >= stop_at:
+                    break
+        self.model.eval()
+        steady = self.step_seconds[2:] or self.step_seconds
+        return {"loss": self.history["loss"], "best_val": self.best_val, "step": self.step,
+                "stopped_early": stopped_early, "history": self.history,
+                "sec_per_step": float(np.median(steady)) if steady else float("nan")}
+
+    def _tokens(self, batch) -> int:
+        if self.tokens_per_step is not None:
+            return self.tokens_per_step
+        ids = batch[0] if isinstance(batch, tuple) else batch.get("input_ids")
+        return 0 if ids is None else int(np.prod(ids.shape if hasattr(ids, "shape") else np.shape(ids)))
+
+
+def lm_trainer(model, train_ids, val_ids, config: TrainConfig, out_dir=None, **kwargs) -> Trainer:
+    """The Trainer for causal-LM pretraining: random blocks of ``train_ids`` (x and x shifted by
+    one, G4's targets), evaluated on fixed blocks of train and val; ``kwargs`` go to Trainer."""
+    T = model.config.block_size
+    batches = RandomBatches(np.asarray(train_ids), T, config.batch_size, seed=config.seed)
+    evaluate = lm_evaluator(train_ids, val_ids, T, config.batch_size, config.eval_iters, config.seed + 1,
+                            config.device)
+    return Trainer(model, config, batches, evaluate=evaluate, out_dir=out_dir, **kwargs)

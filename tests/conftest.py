@@ -33,3 +33,18 @@ DEVICE_PARAMS = [pytest.param(d, id=d, marks=pytest.mark.skipif(_skip_reason(d) 
 @pytest.fixture(params=DEVICE_PARAMS)
 def device(request):
     return request.param
+
+
+# ---- tiny models (builders in helpers.py; fixtures for tests that prefer them) ----------------------------
+@pytest.fixture
+def make_gpt():
+    """A factory: make_gpt(device, seed, dtype, **GPTConfig fields) -> a seeded tiny GPT."""
+    from helpers import tiny_gpt
+    return tiny_gpt
+
+
+@pytest.fixture
+def make_bert():
+    """A factory: make_bert(device, seed, dtype, perturb, **BertConfig fields) -> a seeded tiny Bert."""
+    from helpers import tiny_bert
+    return tiny_bert

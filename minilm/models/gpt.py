@@ -17,9 +17,9 @@ layers are narrower than the config's n_head and 4d: layer l then has
 
     c_attn (d, 3·h_l·hs)   c_proj (h_l·hs, d)   c_fc (d, m_l)   mlp.c_proj (m_l, d)
 
-with the same parameter names.  Both default to None, which is the ordinary
-GPT (n_head heads and 4d everywhere), so default configs build exactly the
-model they always did.  The config round-trips through ``to_dict``/``from_dict``
+with the same parameter names; a count of 0 is a layer with no heads (or no
+neurons), whose zero-width matrices add only c_proj's bias.  Both default to
+None, which is the ordinary GPT (n_head heads and 4d everywhere).  The config round-trips through ``to_dict``/``from_dict``
 (JSON lists), so a checkpoint of a pruned model reloads into
 ``GPT(GPTConfig.from_dict(ckpt.config))``.
 """
@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .. import backend
 from .. import functional as F
-from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList, Parameter
+from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
 from ..nn import init
-from ..tensor import Generator, Tensor, arange
+from ..tensor import Generator, arange
+from .base import Model, ModelOutput, as_ids, key_padding_mask, token_loss
 
 
 @dataclass
@@ -108,26 +108,6 @@ class GPTConfig:
         return cls(**d)
 
 
-def _linear(n_in: int, n_out: int, bias: bool, generator) -> Linear:
-    """Linear(n_in, n_out); n_in = 0 (a pruned layer with no heads or neurons left) gives a
-    (0, n_out) weight and its bias, which Linear's U[±1/√in] initialisation cannot draw."""
-    if n_in > 0:
-        return Linear(n_in, n_out, bias=bias, generator=generator)
-    layer = Linear(1, n_out, bias=bias, generator=generator)
-    layer.weight = Parameter(np.zeros((0, n_out), dtype=np.float32))   # (0, n_out)
-    layer.in_features = 0
-    return layer
-
-
-def _bias_only(proj: Linear, x, n_out: int):
-    """The output of proj on an input of width 0: just its bias, broadcast to (B, T, n_out), or zeros."""
-    B, T = x.shape[:2]
-    if proj.bias is not None:
-        return F.broadcast_to(proj.bias, (B, T, n_out))            # (n_out,) -> (B, T, n_out)
-    xp = backend.get_array_module(x.data)
-    return Tensor(xp.zeros((B, T, n_out), dtype=x.dtype))        # (B, T, n_out)
-
-
 class CausalSelfAttention(Module):
     """Multi-head self-attention where token t sees tokens ≤ t.
 
@@ -136,8 +116,8 @@ class CausalSelfAttention(Module):
 
     ``n_head`` (default config.n_head) heads of size hs = config.n_embd // config.n_head:
     a head-pruned layer keeps the original head size and has fewer heads, so c_attn is
-    (d, 3·n_head·hs) and c_proj (n_head·hs, d).  With no head left the layer adds only
-    c_proj's bias (attention is not called on empty arrays).
+    (d, 3·n_head·hs) and c_proj (n_head·hs, d).  With no head left both are zero-width
+    and the layer adds only c_proj's bias.
     """
 
     def __init__(self, config: GPTConfig, generator=None, n_head: int | None = None):
@@ -146,8 +126,8 @@ class CausalSelfAttention(Module):
         self.n_head = config.n_head if n_head is None else int(n_head)
         self.head_size = config.head_size                          # hs, unchanged by pruning
         inner = self.n_head * self.head_size                       # h·hs (= d when unpruned)
-        self.c_attn = _linear(d, 3 * inner, config.bias, generator)
-        self.c_proj = _linear(inner, d, config.bias, generator)
+        self.c_attn = Linear(d, 3 * inner, bias=config.bias, generator=generator)
+        self.c_proj = Linear(inner, d, bias=config.bias, generator=generator)
         self.resid_dropout = Dropout(config.dropout)
 
     def forward(self, x, prefix_kv=None, key_padding_mask=None):
@@ -158,8 +138,6 @@ class CausalSelfAttention(Module):
         if prefix_kv is not None and prefix_kv[0].shape[1] != H:
             raise ValueError(f"CausalSelfAttention: prefix_kv has {prefix_kv[0].shape[1]} heads but this layer has "
                              f"{H} (a head-pruned layer); Prefix-Tuning needs the layer's own head count")
-        if H == 0:                                                 # every head pruned: only c_proj's bias is left
-            return self.resid_dropout(_bias_only(self.c_proj, x, C))
         qkv = self.c_attn(x)                                       # (B, T, 3·H·hs)
         q, k, v = F.split(qkv, 3, axis=2)                          # 3 × (B, T, H·hs)
         q = q.reshape(B, T, H, hs).permute(0, 2, 1, 3)             # (B, H, T, hs)
@@ -183,20 +161,18 @@ class MLP(Module):
     """H ↦ GELU(H W_fc + b_fc) W_proj + b_proj with a 4× wider hidden layer (GPT-2's tanh GELU).
 
     ``hidden`` (default 4·d) sets the width: a neuron-pruned layer is narrower, c_fc (d, m)
-    and c_proj (m, d).  With m = 0 the layer adds only c_proj's bias.
+    and c_proj (m, d).  With m = 0 both are zero-width and the layer adds only c_proj's bias.
     """
 
     def __init__(self, config: GPTConfig, generator=None, hidden: int | None = None):
         super().__init__()
         d = config.n_embd
         self.hidden = 4 * d if hidden is None else int(hidden)
-        self.c_fc = _linear(d, self.hidden, config.bias, generator)
-        self.c_proj = _linear(self.hidden, d, config.bias, generator)
+        self.c_fc = Linear(d, self.hidden, bias=config.bias, generator=generator)
+        self.c_proj = Linear(self.hidden, d, bias=config.bias, generator=generator)
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
-        if self.hidden == 0:                                       # every neuron pruned
-            return self.dropout(_bias_only(self.c_proj, x, x.shape[-1]))
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))   # (B,T,d)->(B,T,m)->(B,T,d)
 
     def extra_repr(self):
@@ -236,13 +212,18 @@ class Block(Module):
         return x
 
 
-class GPT(Module):
-    """A causal language model: ``logits, loss = model(idx, targets)``.
+class GPT(Model):
+    """A causal language model: ``out = model(input_ids, labels=targets)``, out.logits, out.loss.
 
-    idx, targets: integer token ids of shape (B, T), T ≤ block_size.  logits
-    (B, T, vocab) score the next token at every position; loss is the mean
-    negative log-likelihood of ``targets`` (None without targets).
+    input_ids (B, T), T ≤ block_size.  labels (B, T): the token that follows each position,
+    i.e. the input shifted left by one, as a ``RandomBatches`` (x, y) pair gives them
+    (nanoGPT's targets: the model does not shift them; Hugging Face's GPT-2 takes labels equal
+    to input_ids and shifts inside).  −100 marks a position without a target.  logits
+    (B, T, vocab) score the next token at every position; loss is the mean negative
+    log-likelihood of the labels (G4), None without labels.
     """
+
+    fused_qkv = ("c_attn",)           # GPT-2's c_attn: one (d, 3d) matrix, columns [q | k | v]
 
     def __init__(self, config: GPTConfig, generator: Generator | None = None):
         super().__init__()
@@ -275,51 +256,43 @@ class GPT(Module):
     def device(self):
         return self.transformer.wte.weight.device
 
-    def _check_ids(self, idx, what):
-        if not isinstance(idx, Tensor):
-            idx = Tensor(backend.to_device(np.asarray(idx), self.device))
-        if idx.dtype.kind not in "iu":
-            raise TypeError(f"GPT: {what} must be integer token ids, got dtype {idx.dtype}")
-        if idx.ndim != 2:
-            raise ValueError(f"GPT: {what} must have shape (batch, time), got {idx.shape}")
-        return idx
+    def layers(self):
+        """The Transformer blocks (G3), each with three adapter slots."""
+        return self.transformer.h
 
-    def hidden_states(self, idx, segments=None, prefix_kv=None, attention_mask=None, all_layers=False):
+    def attention_shape(self, layer: int):
+        """(heads, head size) of ``layer``'s attention: what a prefix's keys must have (P1)."""
+        return self.config.heads(layer), self.config.head_size
+
+    def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None, prefix_kv=None, all_layers=False):
         """The last layer's states after ln_f, (B, T, d): Eqs. G2–G3.  With ``all_layers=True``,
         a list [H⁰, H¹, …, Hᴸ] (the embeddings, then each block's output, before ln_f) and the
         final ln_f(Hᴸ) as a pair (list, final) — what distillation's hidden-state terms compare.
 
+        attention_mask: (B, T), 1 for real tokens and 0 for padding; padded keys are
+        never attended to (prefix keys always are).  token_type_ids: (B, T) segment ids,
+        required when the config has segments (n_segments > 0), refused otherwise.
         prefix_kv: per-layer (keys, values) for Prefix-Tuning (P1), each (B, H, m, hs);
         without it, a Prefix-Tuning encoder attached as ``self.prefix`` supplies them.
-        attention_mask: (B, T), 1 for real tokens and 0 for padding; padded keys are
-        never attended to (prefix keys always are).
         """
         c = self.config
-        idx = self._check_ids(idx, "idx")
+        idx = as_ids(input_ids, self.device, "GPT", "input_ids", high=c.vocab_size)
         B, T = idx.shape
         if T > c.block_size:
             raise ValueError(f"GPT: sequence length {T} exceeds block_size {c.block_size}; "
                              f"crop the input to its last {c.block_size} tokens")
-        lo, hi = int(idx.data.min()), int(idx.data.max())
-        if lo < 0 or hi >= c.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise IndexError(f"GPT: token id {bad} is outside the vocabulary [0, {c.vocab_size}) "
-                             "(was the input encoded with a different tokenizer?)")
-        key_padding_mask = None
-        if attention_mask is not None:
-            mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
-            mask = backend.to_device(mask, self.device) if backend.is_array(mask) else \
-                backend.to_device(np.asarray(mask), self.device)
-            if tuple(mask.shape) != (B, T):
-                raise ValueError(f"GPT: attention_mask of shape {tuple(mask.shape)} does not match idx {(B, T)}")
-            key_padding_mask = mask == 0                  # (B, T), True = padding
+        kpm = key_padding_mask(attention_mask, (B, T), self.device, "GPT")   # (B, T), True = padding
         tr = self.transformer
         pos = arange(T, device=idx.device)
         x = tr.wte(idx) + tr.wpe(pos)                     # G2: E_token(x_i) + E_pos(i), (B, T, d)
         if c.n_segments:
-            if segments is None:
-                raise ValueError("GPT: this model has segment embeddings; pass segments= of shape (B, T)")
-            x = x + tr.wse(self._check_ids(segments, "segments"))   # + E_seg(s_i)
+            if token_type_ids is None:
+                raise ValueError("GPT: this model has segment embeddings; pass token_type_ids of shape (B, T)")
+            x = x + tr.wse(as_ids(token_type_ids, self.device, "GPT", "token_type_ids", high=c.n_segments,
+                                  shape=(B, T)))          # + E_seg(s_i)
+        elif token_type_ids is not None:
+            raise ValueError("GPT: token_type_ids given, but this model has no segment embeddings "
+                             "(GPTConfig.n_segments = 0)")
         x = tr.drop(x)
         if prefix_kv is None and self.prefix is not None and self.prefix.active:
             prefix_kv = self.prefix(B)                    # P1: m learned keys/values per layer
@@ -327,25 +300,19 @@ class GPT(Module):
             raise ValueError(f"GPT: prefix_kv has {len(prefix_kv)} layers, the model {c.n_layer}")
         layers = [x]
         for i, block in enumerate(tr.h):                  # G3: Hˡ = Transformer(Hˡ⁻¹)
-            x = block(x, None if prefix_kv is None else prefix_kv[i], key_padding_mask)
+            x = block(x, None if prefix_kv is None else prefix_kv[i], kpm)
             layers.append(x)
         return (layers, tr.ln_f(x)) if all_layers else tr.ln_f(x)
 
-    def forward(self, idx, targets=None, segments=None, prefix_kv=None, attention_mask=None):
-        """Logits (B, T, V) and the mean NLL of ``targets`` (G4), or None.
-
-        See :meth:`hidden_states` for segments, prefix_kv and attention_mask.
-        """
-        x = self.hidden_states(idx, segments, prefix_kv, attention_mask)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, *, prefix_kv=None,
+                output_hidden_states=False) -> ModelOutput:
+        """logits (B, T, V) and, with labels, their mean NLL (G4).  See :meth:`hidden_states`."""
+        states = self.hidden_states(input_ids, attention_mask, token_type_ids, prefix_kv,
+                                    all_layers=output_hidden_states)
+        layers, x = states if output_hidden_states else (None, states)
         logits = x @ self.transformer.wte.weight.T        # G1: h · E_tokenᵀ, (B, T, V)
-        loss = None
-        if targets is not None:
-            B, T = x.shape[:2]
-            targets = self._check_ids(targets, "targets")
-            if targets.shape != (B, T):
-                raise ValueError(f"GPT: targets of shape {targets.shape} do not match idx of shape {(B, T)}")
-            loss = F.cross_entropy(logits, targets)       # G4: mean −log P(x_t | x_<t)
-        return logits, loss
+        loss = token_loss(logits, labels, "GPT")          # G4: mean −log P(x_t | x_<t)
+        return ModelOutput(logits=logits, loss=loss, hidden_states=layers)
 
     def extra_repr(self):
         c = self.config

@@ -21,13 +21,18 @@ class Linear(Module):
     Tokens are rows (x: (..., in)), as in the document's H W₁ and as GPT-2's
     Conv1D stores its weights, so GPT-2 checkpoints load without transposes.
     (PyTorch's nn.Linear stores Wᵀ, shape (out, in).)  Initialised U[−1/√in, 1/√in].
+
+    ``in_features = 0`` is allowed (a layer whose every input was pruned away): W is (0, out),
+    x W is zeros, so y = b; its bias starts at 0.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  generator: Generator | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        bound = 1.0 / math.sqrt(in_features)
+        if in_features < 0 or out_features < 0:
+            raise ValueError(f"Linear: sizes must be non-negative, got ({in_features}, {out_features})")
+        bound = 1.0 / math.sqrt(in_features) if in_features else 0.0
         self.weight = init.uniform_(Parameter(_empty(in_features, out_features)), -bound, bound, generator)
         self.bias = init.uniform_(Parameter(_empty(out_features)), -bound, bound, generator) if bias else None
 

@@ -62,9 +62,13 @@ class ScaledDotProductAttention(Function):
         ctx.causal, ctx.key_padding, ctx.scale, ctx.n_prefix = causal, key_padding, scale, n_prefix
         B, H, T, D = q.shape
         S, Dv = k.shape[2], v.shape[3]
+        ctx.empty = B * H * T == 0       # no heads (a head-pruned layer) or no queries: nothing to attend
+        if ctx.empty:
+            ctx.shapes = (q.shape, k.shape, v.shape)
+            return xp.zeros((B, H, T, Dv), dtype=q.dtype)                  # (B, H, T, Dv), empty
         if xp is np:
             from ..kernels import attention_cpu as kernel
-            q3, k3, v3 = (np.ascontiguousarray(a).reshape(B * H, -1, a.shape[-1]) for a in (q, k, v))  # (BH, ·, ·)
+            q3, k3, v3 = (np.ascontiguousarray(a).reshape(B * H, a.shape[2], a.shape[3]) for a in (q, k, v))  # (BH, ·, ·)
             o, lse = kernel.forward(q3, k3, v3, scale, causal, n_prefix, key_padding, H)
             ctx.save_for_backward(q3, k3, v3, o, lse)
             return o.reshape(B, H, T, Dv)
@@ -75,6 +79,8 @@ class ScaledDotProductAttention(Function):
 
     def backward(ctx, do):
         xp = get_array_module(do)
+        if ctx.empty:                                                      # an empty output has zero gradient
+            return tuple(xp.zeros(shape, dtype=do.dtype) for shape in ctx.shapes)
         if xp is np:
             from ..kernels import attention_cpu as kernel
             q3, k3, v3, o, lse = ctx.saved

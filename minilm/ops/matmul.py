@@ -1,6 +1,8 @@
 """Matrix product, batched, with NumPy's broadcasting of the batch dims."""
 from __future__ import annotations
 
+import math
+
 from ..function import Function, unbroadcast
 
 
@@ -46,7 +48,8 @@ class Linear(Function):
     def forward(ctx, x, weight, bias=None):
         k, m = weight.shape
         ctx.save_for_backward(x, weight)
-        y = x.reshape(-1, k) @ weight                                   # (N, k) @ (k, m) -> (N, m)
+        N = math.prod(x.shape[:-1])                                     # rows (also when k = 0: a pruned-away input)
+        y = x.reshape(N, k) @ weight                                    # (N, k) @ (k, m) -> (N, m)
         if bias is not None:
             y += bias
         return y.reshape(x.shape[:-1] + (m,))                           # (..., m)
@@ -55,8 +58,9 @@ class Linear(Function):
         x, weight = ctx.saved
         nx, nw, nb = ctx.needs_input_grad
         k, m = weight.shape
-        g2 = g.reshape(-1, m)                                           # (N, m)
+        N = math.prod(g.shape[:-1])
+        g2 = g.reshape(N, m)                                            # (N, m)
         dx = (g2 @ weight.T).reshape(x.shape) if nx else None
-        dw = x.reshape(-1, k).T @ g2 if nw else None                    # (k, N) @ (N, m)
+        dw = x.reshape(N, k).T @ g2 if nw else None                     # (k, N) @ (N, m)
         db = g2.sum(axis=0) if nb else None
         return dx, dw, db

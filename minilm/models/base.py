@@ -1,0 +1,211 @@
+"""What every minilm model shares: how it is called, what it returns, how its inputs are checked.
+
+Every model — GPT, GPTClassifier, Bert, BertForMaskedLM, BertClassifier and each family
+after them — is called the same way, as Hugging Face models are::
+
+    out = model(input_ids, attention_mask=None, token_type_ids=None, labels=None)
+    out.logits        (B, T, V) for a language model, (B, C) for a classifier
+    out.loss          a scalar Tensor when labels are given, else None
+
+    input_ids       (B, T) integer token ids
+    attention_mask  (B, T) 1 for real tokens, 0 for padding (padded keys are never attended to)
+    token_type_ids  (B, T) segment ids s_i of G2 (sentence A = 0, B = 1)
+    labels          what the loss compares with: next-token targets, masked-LM targets or classes
+
+This module holds the pieces that would otherwise be written once per model: the
+output record, the checks on ids and masks (errors name the model, the argument, the
+shape or the id at fault), masked-mean and other pooling, and the classification loss.
+It imports only the layers below it (tensor, functional, nn).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backend
+from .. import functional as F
+from ..nn import Module
+from ..tensor import Tensor
+
+POOLINGS = ("cls", "mean", "last")
+
+
+@dataclass
+class ModelOutput:
+    """What a model's forward returns.  Fields a model does not compute stay None.
+
+    logits             (B, T, V) or (B, C): scores before the softmax
+    loss               the mean loss over the labelled positions (a scalar Tensor), with labels
+    last_hidden_state  (B, T, d): the body's final states (base models such as Bert)
+    hidden_states      [H⁰, H¹, …, Hᴸ] with ``output_hidden_states=True`` (distillation compares them)
+    """
+    logits: Tensor | None = None
+    loss: Tensor | None = None
+    last_hidden_state: Tensor | None = None
+    hidden_states: list | None = None
+
+
+class Model(Module):
+    """The base of every model.  Besides the call above, a model tells the code around it what
+    it is made of, so that PEFT, pruning and distillation need no model-specific branches:
+
+    ``base_model``     the Transformer body (itself, or ``clf.gpt`` / ``clf.bert`` for a task model)
+    ``layers()``       the body's Transformer layers, each declaring ``adapter_width`` and the
+                       three adapter slots ``adapter_attn``, ``adapter_mlp``, ``adapter_output``
+    ``fused_qkv``      names (suffixes) of Linear layers whose output columns are [q | k | v]
+                       (GPT-2's ``c_attn``), so LoRA can adapt only the q or v block
+    ``attention_shape(i)``  (heads, head size) of layer i: what Prefix-Tuning's keys must match
+    ``head_patterns``  a task model's head parameters (kept trainable by PEFT, its modules_to_save)
+    """
+
+    body = None                 # a task model's attribute holding its body ("gpt", "bert")
+    fused_qkv: tuple = ()
+    head_patterns: tuple = ()
+
+    @property
+    def base_model(self):
+        return self if self.body is None else getattr(self, self.body)
+
+    def layers(self):
+        return self.base_model.layers() if self.body is not None else []
+
+    def attention_shape(self, layer: int):
+        return self.base_model.attention_shape(layer)
+
+    @property
+    def device(self):
+        return next(iter(self.base_model.parameters())).device
+
+
+# ---- input checks ----------------------------------------------------------------------------
+
+def as_ids(x, device: str, who: str, what: str = "input_ids", high: int | None = None,
+           shape: tuple | None = None) -> Tensor:
+    """Integer ids of shape (B, T) as a Tensor on ``device``; ``high``: every id in [0, high);
+    ``shape``: the (B, T) they must match.  Anything else is an error that names it."""
+    if not isinstance(x, Tensor):
+        x = Tensor(backend.to_device(np.asarray(x), device))
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{who}: {what} must be integer ids, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{who}: {what} must have shape (batch, time), got {x.shape}")
+    if shape is not None and x.shape != tuple(shape):
+        raise ValueError(f"{who}: {what} of shape {x.shape} does not match input_ids {tuple(shape)}")
+    if x.device != device:
+        raise RuntimeError(f"{who}: {what} is on {x.device!r}, the model on {device!r}")
+    if high is not None and x.data.size:
+        lo, hi = int(x.data.min()), int(x.data.max())
+        if lo < 0 or hi >= high:
+            hint = " (was the input encoded with a different tokenizer?)" if what == "input_ids" else ""
+            raise IndexError(f"{who}: {what} holds {lo if lo < 0 else hi}, outside [0, {high}){hint}")
+    return x
+
+
+def mask_array(mask, shape: tuple, device: str, who: str, what: str = "attention_mask"):
+    """A (B, T) mask (Tensor, NumPy/CuPy array or list) as a device array, its shape checked."""
+    m = mask.data if isinstance(mask, Tensor) else mask
+    m = backend.to_device(m if backend.is_array(m) else np.asarray(m), device)
+    if tuple(m.shape) != tuple(shape):
+        raise ValueError(f"{who}: {what} of shape {tuple(m.shape)} does not match input_ids {tuple(shape)}")
+    return m
+
+
+def key_padding_mask(attention_mask, shape: tuple, device: str, who: str):
+    """attention_mask (1 = real token, 0 = padding) → the attention's key-padding mask,
+    (B, T) bool with True at padding; None stays None (every position real)."""
+    if attention_mask is None:
+        return None
+    return mask_array(attention_mask, shape, device, who) == 0
+
+
+def real_positions(h: Tensor, attention_mask, who: str = "pool"):
+    """(B, T) bool: True at real tokens (everywhere without a mask), for h of shape (B, T, d)."""
+    B, T, _ = h.shape
+    if attention_mask is None:
+        return backend.get_array_module(h.data).ones((B, T), dtype=bool)
+    return mask_array(attention_mask, (B, T), h.device, who) != 0
+
+
+# ---- pooling: (B, T, d) → (B, d) -------------------------------------------------------------
+
+def masked_mean(h: Tensor, m) -> Tensor:
+    """Σᵢ mᵢ hᵢ / max(Σᵢ mᵢ, 1e-9) for h (B, T, d) and a (B, T) bool mask m → (B, d); a row with
+    no real position gives 0 (sentence-transformers' mean pooling).  The weights are constants,
+    so ∂/∂hᵢ = mᵢ / Σⱼ mⱼ times the incoming gradient."""
+    xp = backend.get_array_module(h.data)
+    m = m.astype(h.dtype)
+    w = m / xp.maximum(m.sum(axis=1, keepdims=True), 1e-9)              # (B, T), real rows sum to 1
+    return (h * Tensor(w[:, :, None])).sum(axis=1)                       # (B, T, d) -> (B, d)
+
+
+def pool(h: Tensor, attention_mask=None, mode: str = "mean") -> Tensor:
+    """(B, T, d) → (B, d).  ``"cls"``: position 0 (BERT's [CLS]); ``"mean"``: the mean of the
+    real positions (:func:`masked_mean`); ``"last"``: the last real position, which in a causal
+    model is the only one that has seen the whole input (GPT2ForSequenceClassification's choice;
+    either padding side works)."""
+    if mode not in POOLINGS:
+        raise ValueError(f"pool: mode must be one of {POOLINGS}, got {mode!r}")
+    if h.ndim != 3:
+        raise ValueError(f"pool: hidden states must be (batch, time, d), got {h.shape}")
+    if mode == "cls":
+        return h[:, 0]                                                   # (B, d)
+    real = real_positions(h, attention_mask)                             # (B, T)
+    if mode == "mean":
+        return masked_mean(h, real)                                      # (B, d)
+    xp = backend.get_array_module(h.data)
+    T = h.shape[1]
+    last = T - 1 - xp.argmax(real[:, ::-1], axis=1)                      # (B,): the last real position
+    onehot = (xp.arange(T)[None, :] == last[:, None]).astype(h.dtype)    # (B, T)
+    return (h * Tensor(onehot[:, :, None])).sum(axis=1)                  # (B, d)
+
+
+def pair_features(h: Tensor, token_type_ids, attention_mask=None) -> Tensor:
+    """(B, T, d) → (B, 4d): the classification features of Sentence-BERT (Reimers & Gurevych 2019)
+    taken inside one pass over ``[CLS] A [SEP] B [SEP]``:
+
+        u = mean of the real positions of segment 0,  v = mean of those of segment 1
+        features = [u, v, |u − v|, u ⊙ v]        (|x| written as relu(x) + relu(−x))
+
+    u ⊙ v summed is u·v, the cosine similarity a sentence-embedding model was trained on, so a
+    linear head on these features starts from what the pretrained model compares well.  A row
+    whose segment is empty (truncated away) gets zeros for it."""
+    if token_type_ids is None:
+        raise ValueError("pair_features: pooling='pair' needs token_type_ids (0 for [CLS] A [SEP], 1 for B [SEP])")
+    B, T, _ = h.shape
+    seg = mask_array(token_type_ids, (B, T), h.device, "pair_features", "token_type_ids")   # (B, T)
+    real = real_positions(h, attention_mask, "pair_features")
+    u, v = (masked_mean(h, real & (seg == s)) for s in (0, 1))                            # (B, d) each
+    diff = u - v
+    return F.concat([u, v, F.relu(diff) + F.relu(-diff), u * v], axis=-1)                # (B, 4d)
+
+
+# ---- losses ----------------------------------------------------------------------------------
+
+def classification_loss(logits: Tensor, labels, n_classes: int, who: str):
+    """CE(y, softmax(logits)) averaged over the batch, or None without labels; labels (B,) are checked
+    (shape, range) first, so a bad label names itself instead of indexing out of bounds."""
+    if labels is None:
+        return None
+    if not isinstance(labels, Tensor):
+        labels = Tensor(backend.to_device(np.asarray(labels), logits.device))
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{who}: labels must be integer classes, got dtype {labels.dtype}")
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"{who}: labels of shape {labels.shape} do not match a batch of {logits.shape[0]}")
+    lo, hi = int(labels.data.min()), int(labels.data.max())
+    if lo < 0 or hi >= n_classes:
+        raise IndexError(f"{who}: label {lo if lo < 0 else hi} outside [0, {n_classes})")
+    return F.cross_entropy(logits, labels)
+
+
+def token_loss(logits: Tensor, labels, who: str, ignore_index: int = -100):
+    """Mean CE over the positions whose label is not ``ignore_index``: a causal LM's next-token
+    targets (G4) or a masked LM's masked positions; labels (B, T) must match logits (B, T, V)
+    (F.cross_entropy names an id outside the vocabulary)."""
+    if labels is None:
+        return None
+    labels = labels if isinstance(labels, Tensor) else Tensor(backend.to_device(np.asarray(labels), logits.device))
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"{who}: labels of shape {labels.shape} do not match input_ids {logits.shape[:2]}")
+    return F.cross_entropy(logits, labels, ignore_index=ignore_index)
