@@ -63,7 +63,7 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
         with no_grad():
             for _ in range(max_new_tokens):
                 context = Tensor(backend.to_device(ids[:, -block:], device))   # (B, ≤ block)
-                logits, _ = model(context)
+                logits = model(context).logits
                 z = backend.to_numpy(logits.data[:, -1, :])                    # (B, V)
                 if greedy:
                     nxt = z.argmax(axis=-1)

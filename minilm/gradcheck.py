@@ -158,7 +158,7 @@ def gradcheck_module(module, inputs=(), fn=None, **kwargs) -> bool:
 
     The module must hold float64 parameters (``module.double()``).  ``fn``
     maps the module's output to the tensor that is checked (default: the
-    output itself; use e.g. ``lambda out: out[1]`` for a (logits, loss) pair).
+    output itself; use e.g. ``lambda out: out.loss`` for a model's ModelOutput).
     """
     from .nn.module import functional_call
 
