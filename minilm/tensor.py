@@ -400,7 +400,10 @@ def arange(start, stop=None, step=1, dtype=None, device="cpu") -> Tensor:
     return Tensor(xp_for(device).arange(start, stop, step, dtype=dtype))
 
 
-from . import functional as F  # noqa: E402  (Tensor's operators are the functional ops)
+# The one import cycle in minilm, on purpose: Tensor's operators (a + b, a @ b, x.sum()) are the
+# functional ops, and functional.py needs the Tensor class.  functional imports Tensor from this
+# module, which is complete by now; this import at the bottom then binds F for the methods.
+from . import functional as F  # noqa: E402
 
 
 def _binary(fn, reflected=False):

@@ -196,3 +196,32 @@ def test_only_kernels_import_numba():
         if jit:
             bad[name] = sorted(jit)
     assert not bad, f"Numba code belongs under minilm/kernels: {bad}"
+
+
+# The upper layers (ARCHITECTURE.md): each may import only from the layers below it.
+TOP = ("minilm.cli", "minilm.pretrain", "minilm.train", "minilm.finetune", "minilm.generate", "minilm.demo",
+       "minilm.__main__")
+METHODS = ("minilm.peft", "minilm.distill", "minilm.prune")
+ABOVE = {
+    "minilm.nn": ("minilm.models",) + METHODS + TOP + ("minilm.optim", "minilm.checkpoint"),
+    "minilm.optim": ("minilm.models",) + METHODS + TOP + ("minilm.checkpoint",),
+    "minilm.checkpoint": ("minilm.models",) + METHODS + TOP,
+    "minilm.models": METHODS + TOP + ("minilm.optim", "minilm.checkpoint", "minilm.data", "minilm.tokenizers"),
+    "minilm.peft": TOP + ("minilm.distill", "minilm.prune"),
+    "minilm.distill": TOP + ("minilm.peft", "minilm.prune"),
+    "minilm.prune": TOP + ("minilm.peft", "minilm.distill"),
+    "minilm.train": ("minilm.finetune", "minilm.pretrain", "minilm.cli", "minilm.models") + METHODS,
+}
+
+
+@pytest.mark.parametrize("low", sorted(ABOVE))
+def test_upper_layers_point_down(low):
+    bad = _violations(lambda name, imp: _under(name, low) and any(_under(imp, a) for a in ABOVE[low]))
+    assert not bad, f"{low} imports a layer above or beside it: {bad}"
+
+
+def test_peft_methods_do_not_import_back_into_core():
+    """peft/core.py imports the methods; a method importing core back is the cycle issue 12 removed."""
+    bad = _violations(lambda name, imp: _under(name, "minilm.peft") and name != "minilm.peft"
+                      and name != "minilm.peft.core" and imp == "minilm.peft.core")
+    assert not bad, f"PEFT methods import peft.core: {bad}"
