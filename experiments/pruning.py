@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Pruning the genre task's base GPT: validation loss against sparsity, with and without recovery, and speed.
 
-    python benchmarks/bench_prune.py [--base DIR] [--quick] [--out DIR]
+    python experiments/pruning.py [--base DIR] [--quick] [--out DIR]
 
-1. Base: the model benchmarks/bench_peft.py fine-tunes (its "full" size: 4 layers × 4 heads ×
+1. Base: the model experiments/peft_comparison.py fine-tunes (its "full" size: 4 layers × 4 heads ×
    d 128, block 256, character-level, pretrained on the genre task's *train* plays).  ``--base
    DIR`` reads ``DIR/best`` (a minilm checkpoint); without it the base is pretrained with
-   bench_peft's configs through ``minilm.finetune.pretrain_base`` (cached in OUT/base).
+   peft_comparison's configs through ``minilm.finetune.pretrain_base`` (cached in OUT/base).
 2. Validation: the last 10% of that pretraining text, as pretrain_base splits it; mean NLL
    in nats/char (``minilm.finetune.lm_loss`` over the first ``--val-blocks`` blocks, so one
    evaluation takes seconds).  Recovery fine-tuning uses the first 90%.
@@ -16,15 +16,17 @@
      heads         attention heads removed by the gradient score Σ|w·∂L/∂w| (first-order
                    Taylor), lowest first over all layers, at least one head kept per layer;
      neurons       MLP neurons removed the same way, 0 … 90% of the MLP width.
-   Each point is evaluated as pruned and after a short recovery fine-tune (full fine-tuning,
-   ``--recovery-steps`` steps of batch 8; masks keep pruned entries at zero).  The row at 0
+   Each point is evaluated as pruned and after a short recovery fine-tune
+   (``minilm.finetune.finetune_pruned``, full fine-tuning, ``--recovery-steps`` steps of batch 8;
+   masks keep pruned entries at zero).  The row at 0
    is the dense model fine-tuned the same way: what the extra training alone is worth.
 4. Speed: forward tokens/s (no_grad, eval, a batch of 8 × block) of the structurally pruned
    models and of the unstructured one (made permanent: a dense matrix full of zeros) against
    the dense base, median of ``--repeats`` runs taken round-robin, one thread.  Unstructured
    sparsity gives no speed-up here: NumPy's matmul is dense and multiplies the zeros too.
-5. Extras at the largest levels: iterative pruning (4 rounds of prune → 25 steps) against
-   one-shot + 100 steps, and LoRA recovery (r = 8, merged back) against full fine-tuning.
+5. Extras at the largest levels: iterative pruning (``minilm.finetune.iterative_prune``, 4 rounds
+   of prune → 25 steps) against one-shot + 100 steps, and LoRA recovery (r = 8, merged back)
+   against full fine-tuning.
 
 Writes bench_prune[_quick].json, .md (the tables) and .png (the curves and the speed-up)
 into ``--out`` (default out/bench_prune).  ``--quick``: a tiny base on the packaged sample
@@ -32,17 +34,19 @@ into ``--out`` (default out/bench_prune).  ``--quick``: a tiny base on the packa
 """
 from __future__ import annotations
 
-import _common  # first: limits BLAS threads before NumPy is imported (see its docstring)
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))   # _common lives there
+import _common  # noqa: E402  first: limits BLAS threads before NumPy is imported (see its docstring)
 
 _common.limit_numba_threads()
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -51,7 +55,7 @@ from minilm import peft, prune  # noqa: E402
 from minilm.checkpoint import load_checkpoint  # noqa: E402
 from minilm.data.batches import RandomBatches  # noqa: E402
 from minilm.data.corpus import train_val_split  # noqa: E402
-from minilm.finetune import FinetuneConfig, lm_loss, pretrain_base, train_lm  # noqa: E402
+from minilm.finetune import finetune_config, finetune_pruned, iterative_prune, lm_loss, pretrain_base  # noqa: E402
 from minilm.models import GPT, GPTConfig  # noqa: E402
 from minilm.tokenizers import CharTokenizer  # noqa: E402
 from minilm.train import TrainConfig  # noqa: E402
@@ -66,7 +70,7 @@ class Size:
     neurons: tuple = (0.0, 0.25, 0.5, 0.75, 0.9)      # fraction of the MLP neurons removed
     recovery_steps: int = 100
     batch_size: int = 8
-    lr: float = 5e-4                                  # bench_peft's full fine-tuning rate
+    lr: float = 5e-4                                  # peft_comparison's full fine-tuning rate
     lora_lr: float = 2e-3
     val_blocks: int = 64
     score_batches: int = 8
@@ -81,9 +85,9 @@ SIZES = {"full": Size(),
 
 
 def load_base(base_dir, size_name, out, stream):
-    """(model, tokenizer, pretraining text): from ``base_dir/best``, or pretrained as bench_peft does."""
+    """(model, tokenizer, pretraining text): from ``base_dir/best``, or pretrained as peft_comparison does."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_peft import SIZES as PEFT_SIZES
+    from peft_comparison import SIZES as PEFT_SIZES
     if size_name == "quick":
         from minilm.data import load_sample
         corpus = load_sample()
@@ -116,11 +120,12 @@ def clone(model):
 def recover(model, train_ids, size, seed, steps=None, method="full"):
     """A short recovery fine-tune: every parameter ("full") or a merged-back LoRA ("lora")."""
     steps = size.recovery_steps if steps is None else steps
-    fc = FinetuneConfig(steps=steps, batch_size=size.batch_size, lr=size.lr if method == "full" else size.lora_lr,
-                        warmup=min(10, steps), seed=seed, log_every=10 ** 9)
+    fc = finetune_config(max_steps=steps, batch_size=size.batch_size,
+                         learning_rate=size.lr if method == "full" else size.lora_lr, warmup_steps=min(10, steps),
+                         seed=seed, log_interval=10 ** 9)
     lora = peft.LoRAConfig(r=8, alpha=16, target_modules=prune.DEFAULT_TARGETS, seed=seed)
     t0 = time.perf_counter()
-    res = prune.finetune_pruned(model, train_ids, method, fc, lora)
+    res = finetune_pruned(model, train_ids, method, config=fc, lora=lora)
     return time.perf_counter() - t0, res["sec_per_step"]
 
 
@@ -250,12 +255,9 @@ def _extras(base, c, size, train_ids, evaluate, head_scores, seed, stream):
     for method in ("full", "lora"):
         m = clone(base)
         t0 = time.perf_counter()
-        hist = prune.iterative_prune(m, train_ids, s_max, steps=rounds, finetune_steps=steps, method=method,
-                                     kind="unstructured", batch_size=size.batch_size, seed=seed,
-                                     finetune=FinetuneConfig(batch_size=size.batch_size,
-                                                             lr=size.lr if method == "full" else size.lora_lr,
-                                                             warmup=min(10, steps), log_every=10 ** 9),
-                                     stream=_Null())
+        hist = iterative_prune(m, train_ids, s_max, steps=rounds, finetune_steps=steps, method=method,
+                               kind="unstructured", batch_size=size.batch_size, seed=seed, full_lr=size.lr,
+                               lora_lr=size.lora_lr, warmup_steps=min(10, steps), stream=_Null())
         rows.append({"what": f"unstructured {s_max}: iterative, {rounds} × (prune → {steps} steps {method})",
                      "val_loss": evaluate(m), "sparsity": hist[-1]["sparsity"],
                      "seconds": time.perf_counter() - t0})

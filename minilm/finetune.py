@@ -24,7 +24,7 @@ import numpy as np
 
 from . import backend
 from .data.batches import RandomBatches
-from .tensor import Tensor, no_grad
+from .tensor import no_grad
 from .train import TrainConfig, Trainer, finetune_config, lm_trainer, to_tensors
 
 __all__ = ["TrainConfig", "finetune_config", "encode_passages", "train_classifier", "predict", "accuracy",
@@ -205,3 +205,169 @@ def pretrain_base(text: str, tokenizer, model_config, train_config, out_dir, str
     ckpt.load_into(model)
     stamp.write_text(json.dumps(key))
     return model.eval()
+
+
+# ---- recovering a pruned model ------------------------------------------------------------------
+# Pruning itself (minilm.prune) trains nothing; what follows is the training that wins back part of
+# what it cost: a short fine-tune of every parameter or of a merged-back LoRA, and pruning in rounds.
+import dataclasses  # noqa: E402
+
+from . import peft  # noqa: E402
+from . import prune  # noqa: E402
+from .nn import Linear  # noqa: E402
+from .peft.masked_lora import MaskedLoRALinear  # noqa: E402
+from .tensor import Generator  # noqa: E402
+
+__all__ += ["finetune_pruned", "iterative_prune"]
+
+
+def _check_method(method, who):
+    if method not in ("full", "lora"):
+        raise ValueError(f"{who}: method must be 'full' or 'lora', got {method!r}")
+
+
+def _recovery_config(method, steps, batch_size, full_lr, lora_lr, warmup_steps, log_interval) -> TrainConfig:
+    """finetune_config with the recovery run's steps, batch and rate (full_lr or lora_lr by ``method``)."""
+    lr = full_lr if method == "full" else lora_lr
+    return finetune_config(max_steps=steps, batch_size=batch_size, learning_rate=lr, warmup_steps=warmup_steps,
+                           log_interval=log_interval)
+
+
+def _set_module(model, name: str, module):
+    *path, attr = name.split(".")
+    parent = model
+    for p in path:
+        parent = getattr(parent, p)
+    setattr(parent, attr, module)
+
+
+def finetune_pruned(model, ids, method: str = "full", *, steps: int = 100, batch_size: int = 8,
+                    full_lr: float = 5e-4, lora_lr: float = 2e-3, warmup_steps: int = 10,
+                    config: TrainConfig | None = None, lora=None, stream=None):
+    """Recovery fine-tuning of a pruned model's body (``model.base_model``, a causal LM) on random
+    blocks of ``ids`` (:func:`train_lm`: the mean NLL, G4); returns train_lm's result (None for 0 steps).
+
+      "full": every parameter trains; masked entries stay zero (their gradient is M ⊙ … = 0).
+      "lora": ``lora`` (a peft.LoRAConfig; default r=8, α=16 on c_attn, c_proj, c_fc, whole matrices,
+              seed = the run's seed) is added, trained and merged back (peft.merge_and_unload), so the
+              result is a plain pruned model again.  A masked layer gets a MaskedLoRALinear (its update
+              ⊙ M), is made permanent for the run and re-wrapped in PrunedLinear with the same mask
+              afterwards; the merged weight is then exactly the trained one, and re-masking changes nothing.
+
+    The run: ``finetune_config(max_steps=steps, batch_size=batch_size, learning_rate=full_lr ("full") or
+    lora_lr ("lora"), warmup_steps=warmup_steps)`` — 100 steps of 8 at 5e-4 (full) or 2e-3 (LoRA, whose
+    new parameters start at zero and are few) with 10 warm-up steps; ``config`` (a TrainConfig) replaces
+    all of these.
+    """
+    _check_method(method, "finetune_pruned")
+    if config is None and steps <= 0:
+        return None
+    fc = config or _recovery_config(method, steps, batch_size, full_lr, lora_lr, warmup_steps, 50)
+    body = model.base_model
+    lora_cfg = lora or peft.LoRAConfig(r=8, alpha=16, target_modules=prune.DEFAULT_TARGETS, seed=fc.seed)
+    if method == "full":
+        for p in body.parameters():
+            p.requires_grad = True
+        return train_lm(body, ids, fc, stream=stream)
+    masks = {n: m.weight_mask.data for n, m in prune.pruned_layers(body)}
+    prune.make_permanent(body)
+    names = [n for n, m in prune.linear_layers(body, lora_cfg.target_modules, kinds=(Linear,), what="finetune_pruned")
+             if m.weight.numel() > 0]                     # a zero-width matrix (every head pruned) has nothing to adapt
+    cfg = dataclasses.replace(lora_cfg, target_modules=tuple(names), parts=None)
+    if masks:
+        gen = Generator(cfg.seed)
+        modules = dict(body.named_modules())
+        for n in names:
+            if n in masks:
+                _set_module(body, n, MaskedLoRALinear(modules[n], masks[n], cfg.r, cfg.alpha, cfg.dropout,
+                                                      cfg.init, gen))
+        plain = tuple(n for n in names if n not in masks)
+        if plain:
+            peft.add(body, dataclasses.replace(cfg, target_modules=plain))
+        else:
+            peft.freeze_base(body)
+    else:
+        peft.add(body, cfg)
+    res = train_lm(body, ids, fc, stream=stream)
+    peft.merge_and_unload(body)
+    if masks:
+        prune.attach_masks(body, [f"{n}.weight_mask" for n in masks])
+        for n, m in prune.pruned_layers(body):
+            m.weight_mask.data = masks[n]
+            m.weight_orig.data = m.weight_orig.data * masks[n]   # re-mask (already exact zeros there)
+    return res
+
+
+def iterative_prune(model, ids, final_sparsity: float, steps: int, finetune_steps: int, method: str = "full",
+                    kind: str = "unstructured", score: str = "grad", *, full_lr: float = 5e-4,
+                    lora_lr: float = 2e-3, warmup_steps: int | None = None, config: TrainConfig | None = None,
+                    lora=None, val_ids=None, score_batches: int = 4, batch_size: int = 8, min_per_layer: int = 1,
+                    max_val_blocks=None, seed: int = 0, stream=None) -> list:
+    """Prune → fine-tune, ``steps`` times, to ``final_sparsity`` (Zhu & Gupta's gradual pruning, linear schedule).
+
+    Round i = 1 … steps prunes up to s_i = final_sparsity · i / steps, of
+      "unstructured": the targeted weights' entries (global magnitude pruning, prune.magnitude_prune);
+      "heads":        the unpruned model's n_layer·n_head heads   (lowest ``score`` first);
+      "neurons":      the unpruned model's n_layer·4·n_embd MLP neurons;
+    then fine-tunes ``finetune_steps`` steps on random blocks of ``ids`` (:func:`finetune_pruned`):
+      "full": every parameter (masked entries stay zero: their gradient is zero);
+      "lora": a LoRA (``lora``, a peft.LoRAConfig; default r=8 on c_attn, c_proj, c_fc) merged into the
+              weights after each round; on masked layers its update is masked as well.
+    Each round's run: ``finetune_config(batch_size=batch_size, learning_rate=full_lr (5e-4) or lora_lr
+    (2e-3), warmup_steps=warmup_steps (default min(10, finetune_steps)))`` with max_steps=finetune_steps and
+    seed = seed + i; ``config`` (a TrainConfig) replaces the first three (max_steps and seed are still set).
+    ``score``: "grad" (|w·∂L/∂w| on ``score_batches`` random batches of ``ids``) or "norm".
+    Returns one dict per round (sparsity reached, last training losses, val loss if ``val_ids``).
+    """
+    if kind not in ("unstructured", "heads", "neurons"):
+        raise ValueError(f"iterative_prune: kind must be 'unstructured', 'heads' or 'neurons', got {kind!r}")
+    _check_method(method, "iterative_prune")
+    if not 0.0 <= final_sparsity <= 1.0 or steps < 1:
+        raise ValueError(f"iterative_prune: need 0 ≤ final_sparsity ≤ 1 and steps ≥ 1, "
+                         f"got {final_sparsity}, {steps}")
+    base_fc = config or _recovery_config(method, max(1, finetune_steps), batch_size, full_lr, lora_lr,
+                                         min(10, finetune_steps) if warmup_steps is None else warmup_steps,
+                                         max(1, finetune_steps // 2))
+    body = model.base_model
+    c = body.config
+    ids = np.asarray(ids, dtype=np.int64)
+    lora = lora or peft.LoRAConfig(r=8, alpha=16, target_modules=prune.DEFAULT_TARGETS, seed=seed)
+    history = []
+    for i in range(1, steps + 1):
+        target = final_sparsity * i / steps
+        if kind == "unstructured":
+            prune.magnitude_prune(body, target, "global")
+            reached = prune.sparsity(body)["total"]
+        else:
+            heads = kind == "heads"
+            orig = c.n_layer * (c.n_head if heads else 4 * c.n_embd)
+            now = sum(prune.structure(body)["heads" if heads else "mlp"])
+            n = int(round(target * orig)) - (orig - now)
+            if n > 0:
+                batches = None
+                if score == "grad":
+                    rb = RandomBatches(ids, c.block_size, batch_size, seed=seed + 1000 * i)
+                    batches = [rb() for _ in range(score_batches)]
+                if heads:
+                    prune.prune_heads_by_score(body, n, prune.head_importance(body, score, batches), min_per_layer)
+                else:
+                    prune.prune_neurons_by_score(body, n, prune.neuron_importance(body, score, batches), min_per_layer)
+            st = prune.structure(body)
+            reached = st["heads_removed" if heads else "neurons_removed"]
+        row = {"round": i, "target": target, "sparsity": reached}
+        if val_ids is not None:
+            row["val_loss_pruned"] = lm_loss(body, val_ids, max_blocks=max_val_blocks)
+        res = None
+        if finetune_steps > 0:
+            fc = dataclasses.replace(base_fc, max_steps=finetune_steps, seed=seed + i)
+            res = finetune_pruned(body, ids, method, config=fc, lora=lora, stream=stream)
+        if res is not None:
+            row["train_loss"] = float(np.mean(res["loss"][-10:]))
+        if val_ids is not None:
+            row["val_loss"] = lm_loss(body, val_ids, max_blocks=max_val_blocks)
+        print(f"iterative_prune [{kind}, {method}] round {i}/{steps}: sparsity {reached:.3f}"
+              + (f", val loss {row['val_loss_pruned']:.4f} → {row['val_loss']:.4f} after fine-tuning"
+                 if val_ids is not None else ""), file=stream or sys.stdout, flush=True)
+        history.append(row)
+    body.eval()
+    return history

@@ -4,45 +4,35 @@ Gradient checks of a masked layer and of a pruned GPT; masked weights stay zero 
 magnitude pruning removes exactly round(amount·n) of the smallest entries (per layer and global)
 and composes; make_permanent changes no output; a head- or neuron-pruned model equals the
 unpruned one with those heads' / neurons' outputs zeroed; zero heads in a layer; checkpoint
-round trips of pruned models; importance scores against a hand computation; errors."""
+round trips of pruned models; importance scores against a hand computation; errors; only GPT
+bodies are pruned structurally; the package imports nothing that trains.  The recovery recipes
+(minilm.finetune) and MaskedLoRALinear (minilm.peft) are tested here too, on pruned models."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import minilm
-from helpers import host, to_tensor
-from minilm import backend, nn, peft, prune
+from helpers import host, logits_of, randomize, tiny_bert, tiny_gpt, to_tensor, token_ids
+from minilm import backend, finetune, nn, peft, prune
 from minilm.checkpoint import load_checkpoint, save_checkpoint
 from minilm.models import GPT, GPTConfig
+from minilm.models.classifier import GPTClassifier
 from minilm.optim import AdamW, param_groups_for_weight_decay
+from minilm.peft.masked_lora import MaskedLoRALinear
 
 CFG = dict(vocab_size=13, block_size=8, n_layer=2, n_head=4, n_embd=16)
 TINY = dict(vocab_size=7, block_size=6, n_layer=2, n_head=2, n_embd=8)
-
-
-def gpt(device="cpu", seed=0, dtype=None, **kw):
-    m = GPT(GPTConfig(**{**CFG, **kw}), generator=minilm.Generator(seed))
-    if dtype is not None:
-        m.to(dtype=dtype)
-    return m.to(device)
-
-
-def ids(shape, device="cpu", seed=0, high=CFG["vocab_size"]):
-    return to_tensor(np.random.default_rng(seed).integers(0, high, size=shape), device)
+BERT = dict(vocab_size=11, max_position_embeddings=8, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=16)
+V = CFG["vocab_size"]
 
 
 def randomize_biases(model, seed=0, scale=0.1):
     """GPT initialises biases to zero; give them values so that a lost bias would show."""
-    rng = np.random.default_rng(seed)
-    for name, p in model.named_parameters():
-        if name.endswith(".bias"):
-            p.data = backend.to_device((rng.standard_normal(p.shape) * scale).astype(host(p).dtype), p.device)
-
-
-def logits(model, idx):
-    with minilm.no_grad():
-        return host(model(idx)[0])
+    randomize(model, seed, scale, only=".bias", trainable_only=False)
 
 
 def copy_of(model):
@@ -76,7 +66,7 @@ def test_pruned_linear_gradcheck(device):
 
 
 def test_pruned_gpt_gradcheck(device):
-    m = GPT(GPTConfig(**{**TINY, "n_head": 2}), generator=minilm.Generator(0)).double().to(device)
+    m = tiny_gpt(device, dtype=np.float64, **TINY)
     randomize_biases(m)
     prune.prune_heads(m, {0: [1], 1: [0, 1]})            # layer 1: no head left
     prune.prune_neurons(m, {0: [0, 5, 9], 1: list(range(20))})
@@ -84,11 +74,12 @@ def test_pruned_gpt_gradcheck(device):
     for p in m.parameters():
         if p.numel() == 0:
             p.requires_grad = False                      # nothing to check in an empty matrix
-    minilm.gradcheck_module(m, [ids((2, 5), device, high=7), ids((2, 5), device, 1, high=7)], fn=lambda out: out[1])
+    minilm.gradcheck_module(m, [token_ids((2, 5), 7, device), None, None, token_ids((2, 5), 7, device, 1)],
+                            fn=lambda out: out.loss)
 
 
 def test_masked_weights_stay_zero_through_adamw(device):
-    m = gpt(device)
+    m = tiny_gpt(device, **CFG)
     prune.magnitude_prune(m, 0.5, "layer")
     layers = prune.pruned_layers(m)
     masks = {n: host(l.weight_mask).copy() for n, l in layers}
@@ -97,7 +88,7 @@ def test_masked_weights_stay_zero_through_adamw(device):
     assert any(p is layers[0][1].weight_orig for p in groups[0]["params"])      # weight_orig is decayed
     opt = AdamW(groups, lr=1e-2)
     for step in range(4):
-        _, loss = m(ids((2, 8), device, step), ids((2, 8), device, step + 10))
+        loss = m(token_ids((2, 8), V, device, step), labels=token_ids((2, 8), V, device, step + 10)).loss
         opt.zero_grad()
         loss.backward()
         for n, l in layers:
@@ -112,7 +103,7 @@ def test_masked_weights_stay_zero_through_adamw(device):
 
 # ---- magnitude pruning ------------------------------------------------------------------------------
 def test_magnitude_prune_per_layer_exact_and_smallest():
-    m = gpt()
+    m = tiny_gpt(**CFG)
     W = {n: host(l.weight).copy() for n, l in m.named_modules() if isinstance(l, nn.Linear)}
     report = prune.magnitude_prune(m, 0.37, "layer")
     for n, l in prune.pruned_layers(m):
@@ -126,7 +117,7 @@ def test_magnitude_prune_per_layer_exact_and_smallest():
 
 
 def test_magnitude_prune_global_exact_and_smallest():
-    m = gpt()
+    m = tiny_gpt(**CFG)
     W = {n: host(l.weight).copy() for n, l in m.named_modules() if isinstance(l, nn.Linear)}
     n_all = sum(w.size for w in W.values())
     report = prune.magnitude_prune(m, 0.6, "global")
@@ -142,7 +133,7 @@ def test_magnitude_prune_global_exact_and_smallest():
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_magnitude_pruning_composes(scope):
-    a, b = gpt(), gpt()
+    a, b = tiny_gpt(**CFG), tiny_gpt(**CFG)
     prune.magnitude_prune(a, 0.3, scope)
     first = {n: host(l.weight_mask).copy() for n, l in prune.pruned_layers(a)}
     prune.magnitude_prune(a, 0.6, scope)                 # amount is the target: 0.6 of the total
@@ -170,7 +161,7 @@ def test_magnitude_pruning_composes(scope):
 
 
 def test_magnitude_prune_targets_and_errors():
-    m = gpt()
+    m = tiny_gpt(**CFG)
     rep = prune.magnitude_prune(m, 0.5, "layer", targets=("attn.c_attn",))
     assert set(rep["layers"]) == {"transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"}
     assert isinstance(m.transformer.h[0].mlp.c_fc, nn.Linear)
@@ -182,30 +173,30 @@ def test_magnitude_prune_targets_and_errors():
         prune.magnitude_prune(m, 0.5, "row")
     with pytest.raises(KeyError, match="no Linear layer matches"):
         prune.magnitude_prune(m, 0.5, targets=("wte",))
-    lora = gpt()
+    lora = tiny_gpt(**CFG)
     peft.add(lora, peft.LoRAConfig(r=2, target_modules=("c_attn",)))
     with pytest.raises(TypeError, match="merge them first"):
         prune.magnitude_prune(lora, 0.5)
 
 
 def test_make_permanent_keeps_outputs_and_names(device):
-    m = gpt(device)
+    m = tiny_gpt(device, **CFG)
     randomize_biases(m)
     names = list(m.state_dict())
     prune.magnitude_prune(m, 0.7, "global")
     assert any(k.endswith("weight_mask") for k in m.state_dict())
-    idx = ids((2, 8), device)
-    out = logits(m, idx)
+    idx = token_ids((2, 8), V, device)
+    out = logits_of(m, idx)
     rep = prune.sparsity(m)
     prune.make_permanent(m)
     assert not prune.pruned_layers(m) and list(m.state_dict()) == names
-    np.testing.assert_array_equal(logits(m, idx), out)
+    np.testing.assert_array_equal(logits_of(m, idx), out)
     assert prune.sparsity(m)["zeros"] == rep["zeros"]
 
 
 # ---- structured: equivalence with zeroed outputs -----------------------------------------------------
 def test_head_pruned_model_equals_zeroed_heads(device):
-    base = gpt(device)
+    base = tiny_gpt(device, **CFG)
     randomize_biases(base)
     drop = {0: [1, 3], 1: [0, 1, 2, 3]}                  # layer 1 loses every head
     zeroed = copy_of(base)
@@ -223,14 +214,14 @@ def test_head_pruned_model_equals_zeroed_heads(device):
     # the kept columns are heads 0 and 2 of each of q, k and v
     Wb = host(base.transformer.h[0].attn.c_attn.weight).reshape(16, 3, 4, hs)
     np.testing.assert_array_equal(host(a0.c_attn.weight).reshape(16, 3, 2, hs), Wb[:, :, [0, 2]])
-    idx = ids((2, 8), device)
-    np.testing.assert_allclose(logits(pruned, idx), logits(zeroed, idx), rtol=0, atol=1e-5)
-    assert np.abs(logits(pruned, idx) - logits(base, idx)).max() > 1e-3
+    idx = token_ids((2, 8), V, device)
+    np.testing.assert_allclose(logits_of(pruned, idx), logits_of(zeroed, idx), rtol=0, atol=1e-5)
+    assert np.abs(logits_of(pruned, idx) - logits_of(base, idx)).max() > 1e-3
     assert pruned.num_parameters() < base.num_parameters()
 
 
 def test_neuron_pruned_model_equals_zeroed_neurons(device):
-    base = gpt(device)
+    base = tiny_gpt(device, **CFG)
     randomize_biases(base)
     rng = np.random.default_rng(0)
     drop = {0: sorted(rng.choice(64, 20, replace=False).tolist()), 1: list(range(64))}
@@ -246,13 +237,13 @@ def test_neuron_pruned_model_equals_zeroed_neurons(device):
     pruned = copy_of(base)
     prune.prune_neurons(pruned, drop)
     assert pruned.config.layer_mlp == [44, 0]
-    idx = ids((2, 8), device)
-    np.testing.assert_allclose(logits(by_rows, idx), logits(by_cols, idx), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(logits(pruned, idx), logits(by_rows, idx), rtol=0, atol=1e-5)
+    idx = token_ids((2, 8), V, device)
+    np.testing.assert_allclose(logits_of(by_rows, idx), logits_of(by_cols, idx), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(logits_of(pruned, idx), logits_of(by_rows, idx), rtol=0, atol=1e-5)
 
 
 def test_zero_heads_and_zero_neurons_train(device):
-    m = gpt(device)
+    m = tiny_gpt(device, **CFG)
     randomize_biases(m)
     prune.prune_heads(m, {0: [0, 1, 2, 3]})
     prune.prune_neurons(m, {0: list(range(64))})
@@ -264,27 +255,27 @@ def test_zero_heads_and_zero_neurons_train(device):
     np.testing.assert_array_equal(host(block.mlp(x)), np.broadcast_to(host(block.mlp.c_proj.bias), (2, 5, 16)))
     opt = AdamW(param_groups_for_weight_decay(m, 0.1), lr=1e-2)
     b0 = host(block.attn.c_proj.bias).copy()
-    _, loss = m(ids((2, 8), device), ids((2, 8), device, 1))
+    loss = m(token_ids((2, 8), V, device), labels=token_ids((2, 8), V, device, 1)).loss
     opt.zero_grad()
     loss.backward()
     assert np.abs(host(block.attn.c_proj.bias.grad)).max() > 0   # the bias still learns
     opt.step()
     assert not np.array_equal(host(block.attn.c_proj.bias), b0)
-    nobias = gpt(device, bias=False)
+    nobias = tiny_gpt(device, **CFG, bias=False)
     prune.prune_heads(nobias, {1: [0, 1, 2, 3]})
     assert np.all(host(nobias.transformer.h[1].attn(x)) == 0)
-    assert np.isfinite(logits(nobias, ids((1, 8), device))).all()
+    assert np.isfinite(logits_of(nobias, token_ids((1, 8), V, device))).all()
 
 
 def test_prefix_tuning_needs_the_layers_head_count():
-    ok = gpt()
+    ok = tiny_gpt(**CFG)
     peft.add(ok, peft.PrefixConfig(m=2, hidden=None))     # unpruned: prefix-tuning works as before
-    assert np.isfinite(logits(ok, ids((1, 4)))).all()
-    m = gpt()
+    assert np.isfinite(logits_of(ok, token_ids((1, 4), V))).all()
+    m = tiny_gpt(**CFG)
     prune.prune_heads(m, {0: [0]})
-    peft.add(m, peft.PrefixConfig(m=2, hidden=None))
-    with pytest.raises(ValueError, match="head-pruned"):
-        m(ids((1, 4)))
+    with pytest.raises(ValueError, match="head-pruned"):         # refused when added, or at the latest when run
+        peft.add(m, peft.PrefixConfig(m=2, hidden=None))
+        m(token_ids((1, 4), V))
 
 
 # ---- saving and loading --------------------------------------------------------------------------------
@@ -303,7 +294,7 @@ def test_config_round_trip():
 
 
 def test_structured_checkpoint_round_trip(device, tmp_path):
-    m = gpt(device)
+    m = tiny_gpt(device, **CFG)
     randomize_biases(m)
     prune.prune_heads(m, {0: [2], 1: [0, 1, 2, 3]})
     prune.prune_neurons(m, {1: list(range(0, 64, 3))})
@@ -312,42 +303,42 @@ def test_structured_checkpoint_round_trip(device, tmp_path):
     back = GPT(GPTConfig.from_dict(ckpt.config)).to(device)
     ckpt.load_into(back)
     assert back.config == m.config and back.config.layer_heads == [3, 0]
-    idx = ids((2, 8), device)
-    np.testing.assert_array_equal(logits(back, idx), logits(m, idx))
+    idx = token_ids((2, 8), V, device)
+    np.testing.assert_array_equal(logits_of(back, idx), logits_of(m, idx))
     with pytest.raises(Exception, match="shape"):                   # an unpruned GPT does not take it
-        ckpt.load_into(gpt())
+        ckpt.load_into(tiny_gpt(**CFG))
 
 
 def test_masked_checkpoint_round_trip(tmp_path):
-    m = gpt()
+    m = tiny_gpt(**CFG)
     prune.magnitude_prune(m, 0.5, "layer")
-    idx = ids((2, 8))
+    idx = token_ids((2, 8), V)
     save_checkpoint(tmp_path / "masked", m, m.config.to_dict())
     ckpt = load_checkpoint(tmp_path / "masked")
     back = GPT(GPTConfig.from_dict(ckpt.config))
     prune.attach_masks(back, ckpt.state)                 # the masks' layers become PrunedLinear, then load
     ckpt.load_into(back)
-    np.testing.assert_array_equal(logits(back, idx), logits(m, idx))
+    np.testing.assert_array_equal(logits_of(back, idx), logits_of(m, idx))
     assert prune.sparsity(back)["total"] == prune.sparsity(m)["total"] == 0.5
     prune.make_permanent(m)                              # or: a plain GPT checkpoint with zeros in it
     save_checkpoint(tmp_path / "plain", m, m.config.to_dict())
     plain = GPT(GPTConfig.from_dict(load_checkpoint(tmp_path / "plain").config))
     load_checkpoint(tmp_path / "plain").load_into(plain)
-    np.testing.assert_array_equal(logits(plain, idx), logits(back, idx))
+    np.testing.assert_array_equal(logits_of(plain, idx), logits_of(back, idx))
 
 
 # ---- importance ----------------------------------------------------------------------------------------
 def test_importance_scores_by_hand():
-    m = gpt(dtype=np.float64)
+    m = tiny_gpt(dtype=np.float64, **CFG)
     randomize_biases(m)
     prune.prune_heads(m, {1: [3]})                       # ragged: 4 and 3 heads
     hs, d = m.config.head_size, m.config.n_embd
-    batches = [(host(ids((2, 8), seed=s)), host(ids((2, 8), seed=s + 5))) for s in range(2)]
+    batches = [(host(token_ids((2, 8), V, seed=s)), host(token_ids((2, 8), V, seed=s + 5))) for s in range(2)]
     # gradients the long way: one backward per batch, |w ⊙ g| summed
     grads = {}
     for x, y in batches:
         m.zero_grad()
-        m(minilm.tensor(x), minilm.tensor(y))[1].backward()
+        m(minilm.tensor(x), labels=minilm.tensor(y)).loss.backward()
         for n, p in m.named_parameters():
             if p.grad is not None:
                 grads[n] = grads.get(n, 0) + np.abs(host(p) * host(p.grad))
@@ -376,19 +367,19 @@ def test_importance_scores_by_hand():
 
 
 def test_prune_by_score_takes_the_lowest_and_keeps_one_per_layer():
-    m = gpt()
+    m = tiny_gpt(**CFG)
     scores = [np.array([0.5, 0.1, 0.9, 0.2]), np.array([0.05, 0.04, 0.03, 0.3])]
     plan = prune.prune_heads_by_score(m, 4, scores)      # the 4 lowest: 0.03, 0.04, 0.05, 0.1
     assert plan == {1: [2, 1, 0], 0: [1]} and m.config.layer_heads == [3, 1]
-    m = gpt()
+    m = tiny_gpt(**CFG)
     plan = prune.prune_heads_by_score(m, 6, scores)      # layer 1 must keep one head (0.3)
     assert m.config.layer_heads == [1, 1] and sorted(plan[0]) == [0, 1, 3]
     with pytest.raises(ValueError, match="at most 6 can go"):
-        prune.prune_heads_by_score(gpt(), 7, scores)
-    m = gpt()
+        prune.prune_heads_by_score(tiny_gpt(**CFG), 7, scores)
+    m = tiny_gpt(**CFG)
     prune.prune_heads_by_score(m, 1.0, scores, min_per_layer=0)
     assert m.config.layer_heads == [0, 0]
-    m = gpt()
+    m = tiny_gpt(**CFG)
     plan = prune.prune_neurons_by_score(m, 0.25, prune.neuron_importance(m, "norm"))
     assert sum(len(v) for v in plan.values()) == 32 and sum(m.config.layer_mlp) == 96
     with pytest.raises(ValueError, match="scores have lengths"):
@@ -396,7 +387,7 @@ def test_prune_by_score_takes_the_lowest_and_keeps_one_per_layer():
 
 
 def test_structured_errors_name_the_layer_and_index():
-    m = gpt()
+    m = tiny_gpt(**CFG)
     with pytest.raises(IndexError, match=r"layer 5 does not exist \(the model has 2 layers"):
         prune.prune_heads(m, {5: [0]})
     with pytest.raises(IndexError, match="layer 1 has 4 heads .*head 4 does not exist"):
@@ -413,10 +404,38 @@ def test_structured_errors_name_the_layer_and_index():
         prune.head_importance(m, "grad")
     with pytest.raises(ValueError, match="method"):
         prune.neuron_importance(m, "taylor")
-    masked = gpt()
+    masked = tiny_gpt(**CFG)
     prune.magnitude_prune(masked, 0.2)
     with pytest.raises(TypeError, match="make_permanent"):
         prune.prune_heads(masked, {0: [0]})
+
+
+def test_structured_pruning_needs_a_gpt_body():
+    bert = tiny_bert(**BERT)
+    for call in (lambda: prune.prune_heads(bert, {0: [0]}), lambda: prune.prune_neurons(bert, {0: [0]}),
+                 lambda: prune.head_importance(bert), lambda: prune.neuron_importance(bert),
+                 lambda: prune.structure(bert)):
+        with pytest.raises(TypeError, match="needs a GPT body; Bert has Bert"):
+            call()
+    # masks know nothing of the model: any minilm Linear can be masked, a BERT's included
+    rep = prune.magnitude_prune(bert, 0.5, "layer", targets=("query", "value"))
+    assert len(rep["layers"]) == 4 and rep["total"] == 0.5
+    # a task model is pruned through its body (model.base_model), scored with its own loss
+    clf = GPTClassifier(tiny_gpt(**CFG), 3, generator=minilm.Generator(1))
+    batches = [(host(token_ids((4, 8), V, seed=s)), np.array([0, 1, 2, 1])) for s in range(2)]
+    scores = prune.head_importance(clf, "grad", batches)
+    assert [len(s) for s in scores] == [4, 4] and all(np.all(s > 0) for s in scores)
+    prune.prune_heads_by_score(clf, 2, scores)
+    assert sum(clf.gpt.config.layer_heads) == 6 and prune.structure(clf)["heads"] == clf.gpt.config.layer_heads
+    assert np.isfinite(logits_of(clf, token_ids((2, 8), V))).all()
+
+
+def test_prune_imports_nothing_that_trains():
+    code = ("import sys, minilm.prune\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+            "[['minilm', n] for n in ('finetune', 'train', 'peft', 'optim', 'distill', 'pretrain')]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"importing minilm.prune imported {out.strip()}"
 
 
 # ---- recovery ----------------------------------------------------------------------------------------
@@ -424,7 +443,7 @@ def test_masked_lora_keeps_pruned_entries_zero_and_merges_exactly():
     lin = nn.Linear(6, 5, generator=minilm.Generator(0))
     mask = (np.random.default_rng(0).random((6, 5)) > 0.5).astype(np.float32)
     lin.weight.data = lin.weight.data * mask
-    layer = prune.MaskedLoRALinear(lin, mask, r=2, alpha=4, generator=minilm.Generator(1))
+    layer = MaskedLoRALinear(lin, mask, r=2, alpha=4, generator=minilm.Generator(1))
     layer.lora_B.data = np.random.default_rng(1).standard_normal((2, 5)).astype(np.float32)
     x = minilm.randn(3, 6, generator=minilm.Generator(2))
     with minilm.no_grad():
@@ -437,13 +456,33 @@ def test_masked_lora_keeps_pruned_entries_zero_and_merges_exactly():
     np.testing.assert_allclose(lin(x).numpy(), y, atol=1e-6)
 
 
+def test_finetune_pruned_keywords_are_its_run():
+    data = np.random.default_rng(0).integers(0, V, 400)
+    runs = {}
+    for method, lr in (("full", 5e-4), ("lora", 2e-3)):
+        a, b = tiny_gpt(**CFG), tiny_gpt(**CFG)
+        prune.magnitude_prune(a, 0.5)
+        prune.magnitude_prune(b, 0.5)
+        ra = finetune.finetune_pruned(a, data, method, steps=3)                  # batch 8, warm-up 10: the defaults
+        rb = finetune.finetune_pruned(b, data, method, config=finetune.finetune_config(
+            max_steps=3, batch_size=8, learning_rate=lr, warmup_steps=10))
+        assert ra["loss"] == rb["loss"]
+        for (n, la), (_, lb) in zip(prune.pruned_layers(a), prune.pruned_layers(b)):
+            np.testing.assert_array_equal(host(la.weight_orig), host(lb.weight_orig))
+        runs[method] = ra["loss"]
+    assert runs["full"] != runs["lora"]
+    assert finetune.finetune_pruned(tiny_gpt(**CFG), data, steps=0) is None
+    with pytest.raises(ValueError, match="method must be 'full' or 'lora'"):
+        finetune.finetune_pruned(tiny_gpt(**CFG), data, "adapter")
+
+
 @pytest.mark.parametrize("kind,method", [("unstructured", "lora"), ("unstructured", "full"),
                                          ("heads", "lora"), ("neurons", "full")])
 def test_iterative_prune(kind, method):
-    m = gpt()
+    m = tiny_gpt(**CFG)
     data = np.random.default_rng(0).integers(0, CFG["vocab_size"], 400)
-    hist = prune.iterative_prune(m, data, 0.5, steps=2, finetune_steps=3, method=method, kind=kind,
-                                 val_ids=data[:100], batch_size=4, stream=open("/dev/null", "w"))
+    hist = finetune.iterative_prune(m, data, 0.5, steps=2, finetune_steps=3, method=method, kind=kind,
+                                    val_ids=data[:100], batch_size=4, stream=open("/dev/null", "w"))
     assert [round(r["target"], 3) for r in hist] == [0.25, 0.5]
     assert not peft.peft_modules(m) and all(p.requires_grad for p in m.parameters())
     if kind == "unstructured":
