@@ -127,6 +127,11 @@ def _directions(fn, inputs, checked, y, xp, device, rng, eps, atol, rtol, n_dire
         x = inputs[i]
         g = inputs[i]._grad
         g_host = np.zeros(x.shape) if g is None else backend.to_numpy(g)  # Jᵢᵀ v
+        if g_host.shape != tuple(x.shape):
+            raise GradcheckError(f"gradcheck failed for input {i}: gradient of shape {g_host.shape} "
+                                 f"for an input of shape {x.shape}")
+        if x.numel() == 0:
+            continue                   # an empty input (a pruned-away width): no entry to perturb
         base = x.data
 
         def v_dot_Ju(u_host):

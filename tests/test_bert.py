@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 import minilm
-from helpers import host, to_tensor
+from helpers import host, tiny_bert, to_tensor, token_ids
 from minilm import peft
-from minilm.finetune import FinetuneConfig, train_loop
+from minilm.finetune import accuracy, finetune_config, train_classifier
 from minilm.models import Bert, BertClassifier, BertConfig, BertForMaskedLM, find_minilm_l6_v2
 from minilm.models import bert as bert_module
-from minilm.models.bert import BertEmbeddings, BertLayer, l2_normalize, pair_features, pool
+from minilm.models.base import pair_features, pool
+from minilm.models.bert import BertEmbeddings, BertLayer, l2_normalize
 from minilm.nn import StateDictError
 
 TINY = dict(vocab_size=11, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
@@ -26,12 +27,13 @@ def config(**kw):
 
 
 def tiny(device="cpu", **kw):
-    return _perturb(Bert(config(**kw), generator=minilm.Generator(0)).double()).to(device)
+    """A float64 Bert of TINY sizes, its biases and LayerNorm gains perturbed (tiny_bert)."""
+    return tiny_bert(device, seed=0, dtype=np.float64, **{**TINY, **kw})
 
 
 def _perturb(model, seed=1):
-    """Nonzero biases and non-trivial LayerNorm gains (on the host, before .to(device)),
-    so that a mistake in any of them shows."""
+    """Nonzero biases and non-trivial LayerNorm gains (on the host, before .to(device)), as
+    tiny_bert gives a whole Bert, for the parts and heads built here, so that a mistake in any of them shows."""
     rng = np.random.default_rng(seed)
     for name, p in model.named_parameters():
         if name.endswith("bias") or "LayerNorm" in name:
@@ -39,8 +41,14 @@ def _perturb(model, seed=1):
     return model
 
 
-def ids(shape, high, device="cpu", seed=0, low=1):
-    return to_tensor(np.random.default_rng(seed).integers(low, high, size=shape), device)
+def ids(shape, high, device="cpu", seed=0):
+    """Random ids in [1, high): no [PAD] (id 0)."""
+    return token_ids(shape, high, device, seed, low=1)
+
+
+def hidden(m, *args, **kwargs):
+    """The encoder's last_hidden_state as a host array."""
+    return host(m(*args, **kwargs).last_hidden_state)
 
 
 SEG = np.array([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]])
@@ -62,29 +70,33 @@ def test_encoder_layer_gradcheck(device):
 
 def test_tiny_bert_gradcheck(device):
     m = tiny(device)
-    minilm.gradcheck_module(m, [ids((2, 5), 11, device), to_tensor(SEG, device), to_tensor(MASK, device)], **FAST)
+    minilm.gradcheck_module(m, [ids((2, 5), 11, device), to_tensor(MASK, device), to_tensor(SEG, device)],
+                            fn=lambda out: out.last_hidden_state, **FAST)
 
 
 def test_mlm_head_gradcheck_with_tied_decoder(device):
     m = _perturb(BertForMaskedLM(config(), generator=minilm.Generator(0)).double()).to(device)
     labels = np.full((2, 5), -100)
     labels[0, 1], labels[0, 4], labels[1, 2] = 3, 7, 9
-    minilm.gradcheck_module(m, [ids((2, 5), 11, device), to_tensor(SEG, device), to_tensor(MASK, device),
-                                to_tensor(labels, device)], fn=lambda out: out[1], **FAST)
+    minilm.gradcheck_module(m, [ids((2, 5), 11, device), to_tensor(MASK, device), to_tensor(SEG, device),
+                                to_tensor(labels, device)], fn=lambda out: out.loss, **FAST)
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean", "pooler", "pair"])
 def test_classifier_gradcheck(pooling, device):
     clf = BertClassifier(tiny(), n_classes=3, pooling=pooling, generator=minilm.Generator(2))
     clf = _perturb(clf.double(), seed=3).to(device)
-    minilm.gradcheck_module(clf, [ids((2, 5), 11, device), to_tensor([0, 2], device), to_tensor(MASK, device),
-                                  to_tensor(SEG, device)], fn=lambda out: out[1], **FAST)
+    minilm.gradcheck_module(clf, [ids((2, 5), 11, device), to_tensor(MASK, device), to_tensor(SEG, device),
+                                  to_tensor([0, 2], device)], fn=lambda out: out.loss, **FAST)
 
 
 def test_sentence_embedding_gradcheck():
     m = tiny()
-    minilm.gradcheck_module(m, [ids((2, 5), 11), None, to_tensor(MASK, "cpu")],
-                            fn=lambda h: l2_normalize(pool(h, MASK, "mean")), **FAST)
+    minilm.gradcheck_module(m, [ids((2, 5), 11), to_tensor(MASK, "cpu")],
+                            fn=lambda out: l2_normalize(pool(out.last_hidden_state, MASK, "mean")), **FAST)
+    e = m.sentence_embedding(ids((2, 5), 11), minilm.tensor(MASK))
+    by_hand = l2_normalize(pool(m(ids((2, 5), 11), minilm.tensor(MASK)).last_hidden_state, MASK, "mean"))
+    np.testing.assert_array_equal(host(e), host(by_hand))
 
 
 # ---- behaviour ----------------------------------------------------------------------------------
@@ -92,10 +104,10 @@ def test_sentence_embedding_gradcheck():
 def test_padding_does_not_change_real_positions(device):
     m = tiny(device).eval()
     a = np.array([[2, 5, 7, 3, 9]])
-    alone = host(m(to_tensor(a, device)))                               # (1, 5, d), no padding at all
+    alone = hidden(m, to_tensor(a, device))                             # (1, 5, d), no padding at all
     batch = np.array([[2, 5, 7, 3, 9, 0, 0, 0], [4, 4, 6, 1, 2, 8, 10, 3]])
     mask = np.array([[1, 1, 1, 1, 1, 0, 0, 0], [1] * 8])
-    padded = host(m(to_tensor(batch, device), attention_mask=to_tensor(mask, device)))
+    padded = hidden(m, to_tensor(batch, device), attention_mask=to_tensor(mask, device))
     np.testing.assert_allclose(padded[0, :5], alone[0], atol=1e-12)
     e_alone = host(m.sentence_embedding(to_tensor(a, device)))
     e_padded = host(m.sentence_embedding(to_tensor(batch, device), attention_mask=to_tensor(mask, device)))
@@ -108,23 +120,30 @@ def test_bidirectional_later_tokens_change_earlier_outputs():
     x = np.array([[2, 5, 7, 3, 9]])
     y = x.copy()
     y[0, 4] = 1
-    assert np.abs(host(m(minilm.tensor(x)))[0, 0] - host(m(minilm.tensor(y)))[0, 0]).max() > 1e-6
+    assert np.abs(hidden(m, minilm.tensor(x))[0, 0] - hidden(m, minilm.tensor(y))[0, 0]).max() > 1e-6
 
 
 def test_all_layers_and_segments():
     m = tiny().eval()
     x = ids((2, 5), 11)
-    layers, final = m(x, all_layers=True)
+    layers, final = m.hidden_states(x, all_layers=True)
     assert len(layers) == 1 + TINY["num_hidden_layers"] and final is layers[-1]
-    np.testing.assert_array_equal(host(final), host(m(x)))
-    assert np.abs(host(m(x, token_type_ids=minilm.tensor(SEG))) - host(m(x))).max() > 1e-6   # E_seg matters
+    np.testing.assert_array_equal(host(final), hidden(m, x))
+    out = m(x, output_hidden_states=True)
+    assert out.logits is None and out.loss is None and len(out.hidden_states) == len(layers)
+    for mine, again in zip(out.hidden_states, layers):
+        np.testing.assert_array_equal(host(mine), host(again))
+    assert m(x).hidden_states is None
+    assert np.abs(hidden(m, x, token_type_ids=minilm.tensor(SEG)) - hidden(m, x)).max() > 1e-6   # E_seg matters
+    np.testing.assert_array_equal(hidden(m, x, token_type_ids=minilm.tensor(np.zeros((2, 5), np.int64))),
+                                  hidden(m, x))                       # default: all segment A
 
 
 def test_attention_probs_are_the_weights_forward_applies(device):
     m = tiny(device).eval()
     batch = np.array([[2, 5, 7, 3, 9], [4, 4, 6, 1, 2]])
     kpm = MASK == 0                                                    # (B, T), True = padding
-    layers, _ = m(to_tensor(batch, device), attention_mask=to_tensor(MASK, device), all_layers=True)
+    layers, _ = m.hidden_states(to_tensor(batch, device), attention_mask=to_tensor(MASK, device), all_layers=True)
     for layer, x in zip(m.encoder.layer, layers[:-1]):
         att = layer.attention.self
         A = att.attention_probs(x, kpm)                                # (B, H, T, T)
@@ -140,7 +159,7 @@ def test_attention_probs_are_the_weights_forward_applies(device):
 def test_pair_features_by_hand_and_errors():
     m = tiny().eval()
     x = ids((2, 5), 11)
-    H = host(m(x, minilm.tensor(SEG), minilm.tensor(MASK)))                          # (2, 5, d)
+    H = hidden(m, x, minilm.tensor(MASK), minilm.tensor(SEG))                       # (2, 5, d)
     got = host(pair_features(minilm.tensor(H), minilm.tensor(SEG), minilm.tensor(MASK)))
     for b in range(2):
         u = H[b][(SEG[b] == 0) & (MASK[b] == 1)].mean(0)
@@ -154,24 +173,27 @@ def test_pair_features_by_hand_and_errors():
         BertClassifier(tiny(), n_classes=2, pooling="max")
 
 
-def test_train_loop_fine_tunes_a_pair_classifier_with_segments_and_padding():
+def test_train_classifier_fine_tunes_a_pair_classifier_with_segments_and_padding():
     rng = np.random.default_rng(0)
     X = rng.integers(1, 11, size=(32, 5))
     y = (X[:, 0] > 5).astype(np.int64)                                 # learnable from the first token
     clf = BertClassifier(tiny(), n_classes=2, pooling="pair", generator=minilm.Generator(1))
     peft.add(clf, peft.LoRAConfig(r=2, alpha=4, target_modules=["query", "value"]))
     base = {k: v.copy() for k, v in clf.state_dict().items() if ".lora_" not in k and "classifier" not in k}
-    seg, mask = np.tile(SEG[0], (8, 1)), np.tile(MASK[1], (8, 1))       # (8, 5): a padded segment B
-
-    def batch():
-        i = rng.integers(0, len(X), size=8)
-        return minilm.tensor(X[i]), minilm.tensor(y[i]), minilm.tensor(mask), minilm.tensor(seg)
-
-    run = train_loop(clf, FinetuneConfig(steps=150, batch_size=8, lr=2e-2, warmup=5), batch, lambda *b: clf(*b)[1])
-    assert len(run["loss"]) == 150 and run["sec_per_step"] > 0
+    seg, mask = np.tile(SEG[0], (32, 1)), np.tile(MASK[1], (32, 1))     # (32, 5): a padded segment B
+    config = finetune_config(max_steps=150, batch_size=8, learning_rate=2e-2, warmup_steps=5)
+    before = accuracy(clf, X, y, attention_mask=mask, token_type_ids=seg)
+    run = train_classifier(clf, X, y, config, attention_mask=mask, token_type_ids=seg)
+    assert len(run["loss"]) == 150 and run["step"] == 150 and run["sec_per_step"] > 0
     assert np.mean(run["loss"][-10:]) < np.mean(run["loss"][:10]) - 0.2
+    assert not clf.training                                            # the Trainer leaves eval mode
+    assert accuracy(clf, X, y, attention_mask=mask, token_type_ids=seg) > max(before, 0.8)
     after = clf.state_dict()
     assert all(np.array_equal(v, after[k]) for k, v in base.items())   # the base is frozen
+    with pytest.raises(ValueError, match="token_type_ids"):            # pair pooling: the segments are needed
+        train_classifier(clf, X, y, finetune_config(max_steps=1, batch_size=8), attention_mask=mask)
+    with pytest.raises(ValueError, match="attention_mask has 8 rows, X has 32"):
+        train_classifier(clf, X, y, config, attention_mask=mask[:8], token_type_ids=seg)
 
 
 def test_parameter_names_are_hugging_face_names():
@@ -198,14 +220,16 @@ def test_config_round_trip_and_errors():
     with pytest.raises(ValueError, match="GELU"):
         BertConfig.from_hf({**hf, "hidden_act": "relu"})
     m = tiny()
-    with pytest.raises(IndexError, match="outside the vocabulary"):
+    with pytest.raises(IndexError, match=r"Bert: input_ids holds 11, outside \[0, 11\)"):
         m(minilm.tensor([[1, 11]]))
     with pytest.raises(ValueError, match="max_position_embeddings"):
         m(minilm.tensor([[1] * 9]))
     with pytest.raises(ValueError, match="attention_mask"):
         m(minilm.tensor([[1, 2]]), attention_mask=minilm.tensor([[1, 1, 1]]))
-    with pytest.raises(IndexError, match="token_type_id"):
+    with pytest.raises(IndexError, match=r"token_type_ids holds 2, outside \[0, 2\)"):
         m(minilm.tensor([[1, 2]]), token_type_ids=minilm.tensor([[0, 2]]))
+    with pytest.raises(ValueError, match="bare encoder has no head"):
+        m(minilm.tensor([[1, 2]]), labels=minilm.tensor([[1, 2]]))
 
 
 def test_tied_decoder_is_the_word_embedding():
@@ -216,8 +240,7 @@ def test_tied_decoder_is_the_word_embedding():
     assert not any("decoder" in n for n in names) and "bert.pooler.dense.weight" not in names
     labels = np.full((1, 3), -100)
     labels[0, 1] = 2
-    _, loss = m(minilm.tensor([[1, 2, 3]]), labels=minilm.tensor(labels))
-    loss.backward()
+    m(minilm.tensor([[1, 2, 3]]), labels=minilm.tensor(labels)).loss.backward()
     g = m.bert.embeddings.word_embeddings.weight.grad.numpy()
     assert np.abs(g[[4, 5, 6]]).min() > 0            # absent tokens: gradient only through the tied decoder
 
@@ -225,27 +248,26 @@ def test_tied_decoder_is_the_word_embedding():
 def test_peft_adapters_and_lora_on_bert():
     base = tiny().eval()
     x, mask = ids((2, 5), 11), minilm.tensor(MASK)
-    before = host(base(x, attention_mask=mask))
+    before = hidden(base, x, attention_mask=mask)
     for placement in ("houlsby", "output"):
         m = tiny().eval()
         peft.add(m, peft.AdapterConfig(r=3, placement=placement))
         slots = peft.PLACEMENTS[placement]
         assert all(getattr(layer, s) is not None for layer in m.encoder.layer for s in slots)
-        np.testing.assert_array_equal(host(m(x, attention_mask=mask)), before)     # W2 = 0: exactly the base
+        np.testing.assert_array_equal(hidden(m, x, attention_mask=mask), before)   # W2 = 0: exactly the base
         trainable = [n for n, p in m.named_parameters() if p.requires_grad]
         assert trainable and all(".adapter_" in n for n in trainable)
     m = tiny().eval()
     peft.add(m, peft.LoRAConfig(r=2, alpha=4, target_modules=["query", "value"]))
     lora = [n for n, _ in peft.lora_layers(m)]
     assert sorted(lora) == sorted(f"encoder.layer.{i}.attention.self.{t}" for i in range(2) for t in ("query", "value"))
-    np.testing.assert_array_equal(host(m(x, attention_mask=mask)), before)         # B = 0
+    np.testing.assert_array_equal(hidden(m, x, attention_mask=mask), before)       # B = 0
     assert "encoder.layer.0.attention.self.query.weight" in dict(m.named_parameters())   # names unchanged
     clf = BertClassifier(tiny(), 2)
     peft.add(clf, peft.LoRAConfig(r=2, target_modules=["query", "value"]))
     trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
     assert {"classifier.weight", "classifier.bias"} <= trainable
-    _, loss = clf(x, minilm.tensor([0, 1]), mask)
-    loss.backward()
+    clf(x, mask, labels=minilm.tensor([0, 1])).loss.backward()
     assert clf.bert.encoder.layer[0].attention.self.query.lora_A.grad is not None
 
 
@@ -278,7 +300,7 @@ def test_matches_hugging_face_bert_model(tmp_path):
     t = {k: torch.from_numpy(v) for k, v in dict(input_ids=X, attention_mask=XMASK, token_type_ids=XSEG).items()}
     with torch.no_grad():
         out = hf(**t, output_hidden_states=True)
-    layers, h = m(minilm.tensor(X), minilm.tensor(XSEG), minilm.tensor(XMASK), all_layers=True)
+    layers, h = m.hidden_states(minilm.tensor(X), minilm.tensor(XMASK), minilm.tensor(XSEG), all_layers=True)
     np.testing.assert_allclose(h.numpy(), out.last_hidden_state.numpy(), atol=1e-4)          # float32
     for mine, theirs in zip(layers, out.hidden_states):
         np.testing.assert_allclose(mine.numpy(), theirs.numpy(), atol=1e-4)
@@ -286,7 +308,7 @@ def test_matches_hugging_face_bert_model(tmp_path):
     m.double()                                                 # float64 on both sides: far inside 1e-5
     with torch.no_grad():
         ref = hf.double()(**t).last_hidden_state.numpy()
-    np.testing.assert_allclose(m(minilm.tensor(X), minilm.tensor(XSEG), minilm.tensor(XMASK)).numpy(), ref,
+    np.testing.assert_allclose(hidden(m, minilm.tensor(X), minilm.tensor(XMASK), minilm.tensor(XSEG)), ref,
                                atol=1e-10)
 
 
@@ -298,7 +320,8 @@ def test_matches_hugging_face_bert_for_masked_lm(tmp_path):
     t = {k: torch.from_numpy(v) for k, v in
          dict(input_ids=X, attention_mask=XMASK, token_type_ids=XSEG, labels=labels).items()}
     out = hf(**t)
-    logits, loss = m(minilm.tensor(X), minilm.tensor(XSEG), minilm.tensor(XMASK), minilm.tensor(labels))
+    mine = m(minilm.tensor(X), minilm.tensor(XMASK), minilm.tensor(XSEG), minilm.tensor(labels))
+    logits, loss = mine.logits, mine.loss
     np.testing.assert_allclose(logits.numpy(), out.logits.detach().numpy(), atol=1e-4)
     assert abs(loss.item() - out.loss.item()) < 1e-5
     loss.backward()
@@ -308,7 +331,7 @@ def test_matches_hugging_face_bert_for_masked_lm(tmp_path):
     np.testing.assert_allclose(m.cls.predictions.transform.dense.weight.grad.numpy(),
                                hf.cls.predictions.transform.dense.weight.grad.numpy().T, atol=1e-5)
     enc = Bert.from_pretrained(str(tmp_path))                  # the encoder alone: "bert." stripped, head ignored
-    np.testing.assert_allclose(enc(minilm.tensor(X), minilm.tensor(XSEG), minilm.tensor(XMASK)).numpy(),
+    np.testing.assert_allclose(hidden(enc, minilm.tensor(X), minilm.tensor(XMASK), minilm.tensor(XSEG)),
                                hf.bert(**{k: v for k, v in t.items() if k != "labels"}).last_hidden_state
                                .detach().numpy(), atol=1e-4)
 
@@ -358,8 +381,8 @@ def test_all_minilm_l6_v2_matches_sentence_transformers():
     enc = tok(SENTENCES, padding=True, truncation=True, max_length=max_len, return_tensors="np")
     m = Bert.from_pretrained(folder)
     assert m.config.num_hidden_layers == 6 and m.config.hidden_size == 384
-    mine = m.sentence_embedding(minilm.tensor(enc["input_ids"]), minilm.tensor(enc["token_type_ids"]),
-                                minilm.tensor(enc["attention_mask"])).numpy()
+    mine = m.sentence_embedding(minilm.tensor(enc["input_ids"]), attention_mask=minilm.tensor(enc["attention_mask"]),
+                                token_type_ids=minilm.tensor(enc["token_type_ids"])).numpy()
     st = st_module.SentenceTransformer(folder, device="cpu")
     st.max_seq_length = max_len
     ref = st.encode(SENTENCES, convert_to_numpy=True)

@@ -201,3 +201,24 @@ def test_unjsonable_config_is_refused_before_writing(tmp_path):
     with pytest.raises(CheckpointError, match="config is not JSON-able"):
         save_checkpoint(tmp_path / "c", model, {"dtype": np.float32})
     assert os.listdir(tmp_path) == []
+
+
+def test_a_pruned_gpt_with_zero_width_layers_round_trips(tmp_path):
+    """A layer with no heads or no MLP neurons has (d, 0) and (0, d) weights; they are written,
+    read back, and the rebuilt model (from the config's layer_heads / layer_mlp) gives the same logits."""
+    from helpers import logits_of, randomize, tiny_gpt, token_ids
+    from minilm.models import GPT, GPTConfig
+    model = tiny_gpt(vocab_size=7, block_size=6, n_layer=2, n_head=2, n_embd=8, layer_heads=[0, 2], layer_mlp=[0, 8])
+    randomize(model, seed=1)
+    opt = AdamW(param_groups_for_weight_decay(model, 0.1), lr=0.01)
+    model(token_ids((2, 5), 7), labels=token_ids((2, 5), 7, seed=1)).loss.backward()
+    opt.step()
+    save_checkpoint(tmp_path / "pruned", model, model.config.to_dict(), optimizer=opt, step=1)
+    c = load_checkpoint(tmp_path / "pruned")
+    assert c.config["layer_heads"] == [0, 2] and c.state["transformer.h.0.attn.c_attn.weight"].shape == (8, 0)
+    again = GPT(GPTConfig.from_dict(c.config))
+    opt2 = AdamW(param_groups_for_weight_decay(again, 0.1), lr=0.01)
+    c.load_into(again, opt2)
+    _assert_same(model, again)
+    x = token_ids((2, 5), 7, seed=2)
+    np.testing.assert_array_equal(logits_of(again, x), logits_of(model, x))

@@ -65,3 +65,13 @@ def test_leaves_the_callers_grads_alone():
     x.grad = minilm.tensor(np.array([1.0, 2.0, 3.0]))
     minilm.gradcheck(F.exp, [x])
     np.testing.assert_array_equal(x.grad.numpy(), [1, 2, 3])
+
+
+def test_zero_size_inputs_in_both_modes(device):
+    """A pruned layer's (d, 0) weight is an input like any other: nothing to compare, no error."""
+    x = to_tensor(np.random.default_rng(0).standard_normal((3, 4)), device, requires_grad=True)
+    w = to_tensor(np.zeros((4, 0)), device, requires_grad=True)
+    b = to_tensor(np.array([0.5, -1.0]), device, requires_grad=True)
+    fn = lambda x, w, b: F.concat([x @ w, x], axis=1).sum(axis=1, keepdims=True) + b   # noqa: E731
+    assert minilm.gradcheck(fn, [x, w, b])
+    assert minilm.gradcheck(fn, [x, w, b], full_limit=0)

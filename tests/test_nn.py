@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import minilm
-import minilm.functional as F
 import minilm.nn as nn
 from helpers import host, to_tensor
 
@@ -20,7 +19,11 @@ def _x(shape, device, seed=0):
     (lambda: nn.GELU("tanh"), (3, 4)),
     (lambda: nn.Dropout(0.0), (3, 4)),
     (lambda: nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 2)), (3, 4)),
-], ids=["linear", "linear-nobias", "layernorm", "gelu", "gelu-tanh", "dropout", "sequential"])
+    (lambda: nn.Linear(0, 3), (2, 5, 0)),
+    (lambda: nn.Linear(4, 0), (2, 5, 4)),
+    (lambda: nn.Sequential(nn.Linear(4, 0), nn.GELU(), nn.Linear(0, 3)), (3, 4)),
+], ids=["linear", "linear-nobias", "layernorm", "gelu", "gelu-tanh", "dropout", "sequential",
+        "linear-no-inputs", "linear-no-outputs", "sequential-zero-width"])
 def test_module_gradcheck(make, shape, device):
     m = make().double().to(device)
     minilm.gradcheck_module(m, [_x(shape, device)])
@@ -45,6 +48,33 @@ def test_linear_uses_the_row_convention():
     assert m.weight.shape == (4, 3)
     x = minilm.randn(2, 4)
     np.testing.assert_allclose(m(x).numpy(), x.numpy() @ m.weight.numpy() + m.bias.numpy(), rtol=1e-6)
+
+
+def test_zero_width_linear_layers(device):
+    """A pruned layer: Linear(0, n) has a (0, n) weight and gives y = b (its bias starts at 0);
+    Linear(n, 0) gives an empty (…, 0) output.  Both go forward and backward with the right shapes."""
+    none_in = nn.Linear(0, 3).double().to(device)
+    assert none_in.weight.shape == (0, 3) and np.all(host(none_in.bias) == 0)
+    none_in.bias.data = to_tensor(np.array([0.5, -1.0, 2.0]), device).data
+    x = _x((2, 5, 0), device)
+    y = none_in(x)
+    assert y.shape == (2, 5, 3)
+    np.testing.assert_array_equal(host(y), np.broadcast_to([0.5, -1.0, 2.0], (2, 5, 3)))
+    y.sum().backward()
+    assert x.grad.shape == (2, 5, 0) and none_in.weight.grad.shape == (0, 3)
+    np.testing.assert_array_equal(host(none_in.bias.grad), [10.0, 10.0, 10.0])    # B·T rows each add 1
+
+    none_out = nn.Linear(4, 0).double().to(device)
+    assert none_out.weight.shape == (4, 0) and none_out.bias.shape == (0,)
+    x = _x((2, 5, 4), device)
+    y = none_out(x)
+    assert y.shape == (2, 5, 0)
+    (y.sum() + (x * x).sum()).backward()                              # the empty output adds nothing to x's grad
+    np.testing.assert_allclose(host(x.grad), 2 * host(x), atol=1e-12)
+    assert none_out.weight.grad.shape == (4, 0) and none_out.bias.grad.shape == (0,)
+    with pytest.raises(ValueError, match=r"Linear: sizes must be non-negative, got \(-1, 3\)"):
+        nn.Linear(-1, 3)
+    assert "Linear(0, 3, bias=True)" in repr(nn.Linear(0, 3))
 
 
 class Tied(nn.Module):

@@ -122,7 +122,7 @@ def test_runs_on_strict_device_like_cpu():
         cls, kwargs = CONFIGS[name]
         cpu, _ = _run_minilm(cls, kwargs, init, grads, "cpu")
         strict, _ = _run_minilm(cls, kwargs, init, grads, "strict")
-        assert isinstance(strict[0].data, minilm.backend.StrictArray)
+        assert isinstance(strict[0].data, minilm.strict.StrictArray)
         for a, b in zip(cpu, strict):
             np.testing.assert_array_equal(host(a), host(b))
 
