@@ -274,36 +274,62 @@ def thread_env(pool_keys=POOL_KEYS, *, via_threadpoolctl=LIMITED_BY_THREADPOOLCT
     return out
 
 
-def print_machine(env):
-    """The header's python and cpu lines."""
+def environment(mode, *, versions, thread_vars=THREAD_VARS, extra_vars=(), pool_keys=POOL_KEYS,
+                extra=None, **limited_by):
+    """The run's environment record, the same skeleton in every script (the JSON's "environment"):
+    machine_env(); ``versions`` (library versions and the script's settings, {"torch": ...});
+    "mode"; "env" (the thread variables, OPENBLAS_CORETYPE and ``extra_vars`` as they are now);
+    "env_before_script" (the thread variables as the caller had them); the script's own ``extra``
+    entries; last thread_env(pool_keys, **limited_by): how the threads were limited."""
+    return {
+        **machine_env(),
+        **versions,
+        "mode": mode,
+        "env": env_vars(thread_vars + ("OPENBLAS_CORETYPE",) + tuple(extra_vars)),
+        "env_before_script": env_before_script(thread_vars),
+        **(extra or {}),
+        **thread_env(pool_keys, **limited_by),
+    }
+
+
+LIBRARIES = ("numpy", "scipy", "numba", "torch", "minilm", "cupy")
+
+
+def print_environment(env, title, *, coretype_note=CORETYPE_FORCED):
+    """The header of every script, from an ``environment()`` record: a banner with ``title``, the
+    python and cpu lines, the library versions, how threads were limited, each thread variable, the
+    threadpools and torch's threads, OPENBLAS_CORETYPE, and the torch note if there is one."""
+    banner(title)
     print(f"python {env['python']} on {env['platform']}")
     la = env["loadavg_1_5_15"]
     print(f"cpu: {env['cpu']}, {env['logical_cpus']} logical CPUs, load average "
           f"{'?' if la is None else ' '.join(f'{v:.2f}' for v in la)} (1/5/15 min; other work on the machine adds noise)")
-
-
-def print_thread_vars(env, names):
-    """One line per thread variable: its value now, and what it was if the script changed it."""
-    for v in names:
-        before, now = env["env_before_script"][v], env["env"][v]
+    versions = []
+    for lib in LIBRARIES:
+        if lib in env:
+            blas = f" ({env['numpy_blas']})" if lib == "numpy" and "numpy_blas" in env else ""
+            versions.append(f"{lib} {env[lib] or 'not installed'}{blas}")
+    print(", ".join(versions))
+    print(f"threads limited by: {env['thread_limit_method']}")
+    for v, before in env["env_before_script"].items():
+        now = env["env"][v]
         note = "" if before == now else f"  (was {before if before is not None else 'unset'})"
         print(f"  {v}={now if now is not None else '(unset)'}{note}")
-
-
-def print_threadpools(env):
-    """One line per BLAS/OpenMP pool threadpoolctl sees (if it is installed), then torch's threads."""
     for p in env.get("threadpools", []):
         print(f"  threadpool {p['user_api']}/{p['internal_api']} {p.get('version') or ''} "
               f"{p.get('architecture') or ''}: num_threads={p['num_threads']}")
     if "torch_threads" in env:
         t = env["torch_threads"]
         print(f"  torch: intra-op threads {t['intra_op']}, inter-op threads {t['inter_op']}")
-
-
-def print_coretype(env, when_set):
     ct = env["env"]["OPENBLAS_CORETYPE"]
-    print(f"OPENBLAS_CORETYPE={ct}{when_set}" if ct is not None
+    print(f"OPENBLAS_CORETYPE={ct}{coretype_note}" if ct is not None
           else "OPENBLAS_CORETYPE unset (OpenBLAS picks its kernel for this CPU)")
+    if env.get("torch_note"):
+        print(f"NOTE: {env['torch_note']}")
+
+
+TIMING_NOTE = ("timing: best of R repeats of M {calls} (gc off while timing), candidates interleaved;\n"
+               "        compare the ratios of this run, not absolute times across runs or machines")
 
 
 # ---- command line and results ------------------------------------------------------------------

@@ -330,22 +330,19 @@ def libm_exp_costs():
 
 def environment(args, torch_note):
     import scipy
-    env = {
-        **_common.machine_env(), "scipy": scipy.__version__, "numba": numba.__version__,
-        "torch": None if torch is None else torch.__version__,
-        "numba_threads": numba.get_num_threads(), "numba_threading_layer": None,
-        "blocks": {"fwd": [attention_cpu.FWD_BLOCK_Q, attention_cpu.FWD_BLOCK_K],
-                   "bwd": [attention_cpu.BWD_BLOCK_Q, attention_cpu.BWD_BLOCK_K]},
-        "flush_below": attention_cpu.FLUSH_BELOW,
-        "mode": "quick" if args.quick else "full",
-        "env": _common.env_vars(THREAD_VARS + (NUMBA_VAR, "OPENBLAS_CORETYPE")),
-        "env_before_script": _common.env_before_script(THREAD_VARS + (NUMBA_VAR,)), "torch_note": torch_note,
-        **_common.thread_env(
-            via_threadpoolctl="threadpoolctl.threadpool_limits(1) + numba.set_num_threads(1)",
-            via_env=("OMP/OPENBLAS/MKL_NUM_THREADS=1 and NUMBA_NUM_THREADS=1 set by the script "
-                     "before importing numpy, + numba.set_num_threads(1)"),
-            preloaded_warning=" -- WARNING: numpy was imported first, they may not apply"),
-    }
+    env = _common.environment(
+        "quick" if args.quick else "full",
+        versions={"scipy": scipy.__version__, "numba": numba.__version__,
+                  "torch": None if torch is None else torch.__version__,
+                  "numba_threads": numba.get_num_threads(), "numba_threading_layer": None,
+                  "blocks": {"fwd": [attention_cpu.FWD_BLOCK_Q, attention_cpu.FWD_BLOCK_K],
+                             "bwd": [attention_cpu.BWD_BLOCK_Q, attention_cpu.BWD_BLOCK_K]},
+                  "flush_below": attention_cpu.FLUSH_BELOW},
+        thread_vars=THREAD_VARS + (NUMBA_VAR,), extra={"torch_note": torch_note},
+        via_threadpoolctl="threadpoolctl.threadpool_limits(1) + numba.set_num_threads(1)",
+        via_env=("OMP/OPENBLAS/MKL_NUM_THREADS=1 and NUMBA_NUM_THREADS=1 set by the script "
+                 "before importing numpy, + numba.set_num_threads(1)"),
+        preloaded_warning=" -- WARNING: numpy was imported first, they may not apply")
     try:
         env["numba_threading_layer"] = numba.threading_layer()
     except ValueError:  # no parallel region has run yet
@@ -354,22 +351,12 @@ def environment(args, torch_note):
 
 
 def print_header(env):
-    banner(f"minilm fused attention benchmark  ({env['mode']} run)")
-    _common.print_machine(env)
-    print(f"numpy {env['numpy']}, scipy {env['scipy']}, numba {env['numba']}, torch {env['torch'] or 'not installed'}")
-    print(f"threads limited by: {env['thread_limit_method']}")
-    _common.print_thread_vars(env, THREAD_VARS + (NUMBA_VAR,))
-    print(f"  numba threads {env['numba_threads']}"
-          + (f", torch intra-op {env['torch_threads']['intra_op']} inter-op {env['torch_threads']['inter_op']}"
-             if "torch_threads" in env else ""))
-    _common.print_coretype(env, " (left as found)")
+    _common.print_environment(env, f"minilm fused attention benchmark  ({env['mode']} run)",
+                              coretype_note=" (left as found)")
     b = env["blocks"]
-    print(f"kernel blocks (queries x keys): forward {b['fwd'][0]}x{b['fwd'][1]}, backward {b['bwd'][0]}x{b['bwd'][1]};"
-          f" exp flushed below {env['flush_below']:g}")
-    if env["torch_note"]:
-        print(f"NOTE: {env['torch_note']}")
-    print("timing: best of R repeats of M calls (gc off while timing), candidates interleaved;")
-    print("        compare the ratios of this run, not absolute times across runs or machines")
+    print(f"numba threads {env['numba_threads']}; kernel blocks (queries x keys): forward {b['fwd'][0]}x{b['fwd'][1]},"
+          f" backward {b['bwd'][0]}x{b['bwd'][1]}; exp flushed below {env['flush_below']:g}")
+    print(_common.TIMING_NOTE.format(calls="calls"))
 
 
 def print_results(results, peak, use_torch):

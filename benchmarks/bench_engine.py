@@ -40,7 +40,7 @@ import numpy as np
 
 import minilm
 import minilm.functional as F
-from _common import THREAD_VARS, TORCH_ERROR, Timer, banner, fmt, ratio, table, torch
+from _common import TORCH_ERROR, Timer, banner, fmt, ratio, table, torch
 
 _common.limit_loaded_threads()  # every BLAS/OpenMP pool loaded so far; torch to one thread
 
@@ -53,19 +53,11 @@ def _geomean(values):
 # ---- environment ---------------------------------------------------------------------
 
 def environment(args, xp_name, torch_note):
-    env = {
-        **_common.machine_env(),
-        "numpy_blas": _common.numpy_blas(),
-        "torch": None if torch is None else torch.__version__,
-        "minilm": getattr(minilm, "__version__", "?"),
-        "device": args.device,
-        "raw_baseline": xp_name,
-        "mode": "quick" if args.quick else "full",
-        "env": _common.env_vars(THREAD_VARS + ("OPENBLAS_CORETYPE",)),
-        "env_before_script": _common.env_before_script(THREAD_VARS),
-        "torch_note": torch_note,
-        **_common.thread_env(),
-    }
+    env = _common.environment(
+        "quick" if args.quick else "full",
+        versions={"numpy_blas": _common.numpy_blas(), "torch": None if torch is None else torch.__version__,
+                  "minilm": getattr(minilm, "__version__", "?"), "device": args.device, "raw_baseline": xp_name},
+        extra={"torch_note": torch_note})
     if args.device == "cuda":
         import cupy
         env["cupy"] = cupy.__version__
@@ -80,19 +72,11 @@ def environment(args, xp_name, torch_note):
 
 
 def print_header(env):
-    banner(f"minilm engine benchmark  (device {env['device']}, {env['mode']} run)")
-    _common.print_machine(env)
+    _common.print_environment(env, f"minilm engine benchmark  (device {env['device']}, {env['mode']} run)",
+                              coretype_note=_common.CORETYPE_FORCED + "; unset it to compare with the CPU's own kernel")
     if "gpu" in env:
-        print(f"gpu: {env['gpu']} (cupy {env['cupy']})" + (f"; torch sees {env['torch_gpu']}" if "torch_gpu" in env else ""))
-    print(f"numpy {env['numpy']} ({env['numpy_blas']}), torch {env['torch'] or 'not installed'}, minilm {env['minilm']}")
-    print(f"threads limited by: {env['thread_limit_method']}")
-    _common.print_thread_vars(env, THREAD_VARS)
-    _common.print_threadpools(env)
-    _common.print_coretype(env, _common.CORETYPE_FORCED + "; unset it to compare with the CPU's own kernel")
-    if env["torch_note"]:
-        print(f"NOTE: {env['torch_note']}")
-    print("timing: best of R repeats of M loops (gc off while timing), candidates interleaved;")
-    print("        compare the ratios of this run, not absolute times across runs or machines")
+        print(f"gpu: {env['gpu']}" + (f"; torch sees {env['torch_gpu']}" if "torch_gpu" in env else ""))
+    print(_common.TIMING_NOTE.format(calls="loops"))
 
 
 # ---- part A: per-op overhead -------------------------------------------------------------

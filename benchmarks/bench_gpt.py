@@ -86,6 +86,7 @@ import minilm  # noqa: E402
 from _common import (NUMBA_VAR, THREAD_VARS, TORCH_ERROR, banner, fmt, mb, ratio, table, torch,  # noqa: E402
                      tracemalloc_peak)
 from minilm.function import Function  # noqa: E402
+from minilm.models.base import ModelOutput  # noqa: E402
 from minilm.models.gpt import GPT, GPTConfig  # noqa: E402
 from minilm.nn import Linear  # noqa: E402
 from minilm.ops.matmul import Linear as LinearOp, MatMul  # noqa: E402
@@ -162,7 +163,7 @@ def _stepper(model, opt, batches, zero_grad, clip):
         state["i"] += 1
         t0 = clock()
         zero_grad()
-        _, loss = model(x, y)
+        loss = model(x, labels=y).loss
         t1 = clock()
         loss.backward()
         t2 = clock()
@@ -237,16 +238,17 @@ if torch is not None:
                 ln_f=_nn.LayerNorm(c.n_embd, eps=c.layer_norm_epsilon, bias=c.bias),
             ))
 
-        def forward(self, idx, targets):
-            T = idx.shape[1]
+        def forward(self, input_ids, labels):
+            """minilm's interface: ModelOutput(logits, loss), labels the next-token targets."""
+            T = input_ids.shape[1]
             tr = self.transformer
-            x = tr.wte(idx) + tr.wpe(torch.arange(T, device=idx.device))
+            x = tr.wte(input_ids) + tr.wpe(torch.arange(T, device=input_ids.device))
             for block in tr.h:
                 x = block(x)
             x = tr.ln_f(x)
             logits = x @ tr.wte.weight.T                                    # tied head
-            loss = _TF.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
-            return logits, loss
+            loss = _TF.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))  # (B·T, V), (B·T,)
+            return ModelOutput(logits=logits, loss=loss)
 
 
 def build_torch(name, minilm_model=None, minilm_opt=None):
@@ -543,27 +545,17 @@ def _thp():
 
 
 def environment(args):
-    return {
-        **_common.machine_env(),
-        "numpy_blas": _common.numpy_blas(),
-        "torch": None if torch is None else torch.__version__,
-        "minilm": getattr(minilm, "__version__", "?"),
-        "mode": "quick" if args.quick else "full",
-        "env": _common.env_vars(THREAD_VARS + (NUMBA_VAR, "OPENBLAS_CORETYPE", "THP_MEM_ALLOC_ENABLE")),
-        "env_before_script": _common.env_before_script(THREAD_VARS + (NUMBA_VAR,)),
-        "transparent_hugepage": _thp(),
-        **_common.thread_env(("user_api", "internal_api", "num_threads", "version", "architecture")),
-    }
+    return _common.environment(
+        "quick" if args.quick else "full",
+        versions={"numpy_blas": _common.numpy_blas(), "torch": None if torch is None else torch.__version__,
+                  "minilm": getattr(minilm, "__version__", "?")},
+        thread_vars=THREAD_VARS + (NUMBA_VAR,), extra_vars=("THP_MEM_ALLOC_ENABLE",),
+        extra={"transparent_hugepage": _thp()},
+        pool_keys=("user_api", "internal_api", "num_threads", "version", "architecture"))
 
 
 def print_header(env, plan):
-    banner(f"minilm GPT training-step benchmark vs PyTorch  (cpu, {env['mode']} run)")
-    _common.print_machine(env)
-    print(f"numpy {env['numpy']} ({env['numpy_blas']}), torch {env['torch']}, minilm {env['minilm']}")
-    print(f"threads limited by: {env['thread_limit_method']}")
-    _common.print_thread_vars(env, THREAD_VARS + (NUMBA_VAR,))
-    _common.print_threadpools(env)
-    _common.print_coretype(env, _common.CORETYPE_FORCED)
+    _common.print_environment(env, f"minilm GPT training-step benchmark vs PyTorch  (cpu, {env['mode']} run)")
     if env["transparent_hugepage"]:
         print(f"transparent hugepages: {env['transparent_hugepage']} (NumPy madvises huge pages for large arrays; "
               f"torch only with THP_MEM_ALLOC_ENABLE=1, here {env['env']['THP_MEM_ALLOC_ENABLE'] or 'unset'})")

@@ -3,14 +3,14 @@
 #   1. nvidia-smi -L and the CuPy version
 #   2. the CUDA tests:  MINILM_TEST_DEVICES=cuda python -m pytest -q -x tests -k cuda
 #   3. the quick engine benchmark on "cuda" (JSON into the output folder)
-# Everything printed is also written to ${OUT:-benchmarks/results}/gpu_check.log.
+# Everything printed is also written to ${OUT:-out/benchmarks}/gpu_check.log.
 # Run from the repository root:   bash benchmarks/gpu_check.sh
 # Exit status: non-zero if the tests failed (or none ran), or if the benchmark failed;
 # the benchmark runs even after a test failure.
 set -uo pipefail
 
 PY="${PYTHON:-python}"
-OUT_DIR="${OUT:-benchmarks/results}"
+OUT_DIR="${OUT:-out/benchmarks}"
 mkdir -p "$OUT_DIR" || { echo "gpu_check: cannot create $OUT_DIR" >&2; exit 2; }
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"             # absolute, so the cd below cannot move it
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2   # the repository root
