@@ -60,12 +60,17 @@ class Model(Module):
     """
 
     body = None                 # a task model's attribute holding its body ("gpt", "bert")
-    fused_qkv: tuple = ()
     head_patterns: tuple = ()
 
     @property
     def base_model(self):
         return self if self.body is None else getattr(self, self.body)
+
+    @property
+    def fused_qkv(self) -> tuple:
+        """A body with fused projections overrides this with a class attribute (GPT: ("c_attn",));
+        a task model answers with its body's."""
+        return () if self.body is None else self.base_model.fused_qkv
 
     def layers(self):
         return self.base_model.layers() if self.body is not None else []

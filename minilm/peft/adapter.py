@@ -9,8 +9,9 @@ type-checks with tokens as rows, so here (as everywhere in minilm) H is
 (…, T, d) and the product is H W1: (…, T, d)(d, r) → (…, T, r).  Same
 matrices, same parameter count: 2dr + d + r.
 
-Where they go (``placement``), on a pre-LayerNorm GPT block
-x → x + Attn(LN₁ x) → x + MLP(LN₂ x):
+Where they go (``placement``), in each of ``model.layers()`` — on a pre-LayerNorm GPT block
+x → x + Attn(LN₁ x) → x + MLP(LN₂ x) as drawn here; a post-LN BERT layer has the same three
+slots, each adapter applied to its sub-layer's output before the residual sum and LayerNorm:
 
 * ``"output"``   — after each block's output, Hˡ ← Hˡ + adapter(Hˡ), as §3.2 of the course reads;
 * ``"houlsby"``  — on both sub-layers' outputs, inside the residual (Houlsby et al. 2019):
@@ -31,6 +32,7 @@ import numpy as np
 from .. import functional as F
 from ..nn import Module, Parameter, init
 from ..tensor import Generator
+from .base import PeftModule, freeze_base, layers_of, placement_device, register
 
 PLACEMENTS = {"output": ("adapter_output",), "houlsby": ("adapter_attn", "adapter_mlp"),
               "pfeiffer": ("adapter_mlp",)}
@@ -51,7 +53,7 @@ def bottleneck_size(d: int, r: int | None = None, reduction_factor: float | None
     return int(r)
 
 
-class Adapter(Module):
+class Adapter(PeftModule):
     """H ↦ H + σ(H W1 + b1) W2 + b2   (Eqs. A1–A2; H is (…, d), tokens as rows).
 
     Gradients (g = ∂L/∂output, z = H W1 + b1, a = σ(z)):
@@ -120,22 +122,21 @@ class AdapterConfig:
         return asdict(self)
 
 
+@register(AdapterConfig)
 def add_adapters(model: Module, config: AdapterConfig) -> Module:
-    """Put an Adapter in each Transformer block's slots for ``config.placement`` and freeze
-    everything else but other PEFT parameters, the task head and ``config.train_also`` (A3)."""
-    from .core import blocks_of, freeze_base
-
+    """Put an Adapter in the slots for ``config.placement`` of each of ``model.layers()`` and
+    freeze everything else but other PEFT parameters, the task head and ``config.train_also`` (A3)."""
     gen = Generator(config.seed)
-    blocks = blocks_of(model)
-    taken = [f"block {i}: {slot}" for i, b in enumerate(blocks) for slot in PLACEMENTS[config.placement]
+    layers = layers_of(model)
+    taken = [f"block {i}: {slot}" for i, b in enumerate(layers) for slot in PLACEMENTS[config.placement]
              if getattr(b, slot) is not None]
     if taken:                                              # checked before anything is put in
         raise ValueError(f"add_adapters: these slots already hold adapters: {', '.join(taken)}")
-    for block in blocks:
-        d = block.adapter_width
-        w = next(iter(block.parameters()))
+    device, dtype = placement_device(model)
+    for layer in layers:
         for slot in PLACEMENTS[config.placement]:
-            adapter = Adapter(d, config.r, config.reduction_factor, config.activation, config.init, gen)
-            setattr(block, slot, adapter.to(w.device, w.dtype))
+            adapter = Adapter(layer.adapter_width, config.r, config.reduction_factor, config.activation,
+                              config.init, gen)
+            setattr(layer, slot, adapter.to(device, dtype))
     freeze_base(model, config.train_also)
     return model

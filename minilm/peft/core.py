@@ -1,9 +1,12 @@
-"""What every method shares: freeze the base, count, switch off, save and load only the adapter.
+"""What every method shares: apply by config, count, switch off, remove, save and load only the adapter.
 
-A3 trains only the new parameters: every base parameter gets requires_grad=False,
-so its ``.grad`` stays None and no optimizer can move it.  Kept trainable: the
-PEFT modules' own parameters, a task head (``head_patterns`` of a model such as
-GPTClassifier, like PEFT's ``modules_to_save``) and ``train_also`` globs.
+A3 trains only the new parameters (``base.freeze_base``): every base parameter gets
+requires_grad=False, so its ``.grad`` stays None and no optimizer can move it.  Kept
+trainable: the PEFT modules' own parameters, a task head (``model.head_patterns``, like
+PEFT's ``modules_to_save``) and ``train_also`` globs.
+
+This module sits above the methods (adapter, lora, prefix import only ``base``); ``add``
+dispatches through the registry they fill, so nothing here lists the methods.
 
 Saved files (a folder):
   adapter_config.json        {"format": "minilm-peft", "methods": [config, …], "model": …, "keys": […]}
@@ -13,77 +16,26 @@ No pickle; loading checks every key and shape before it writes anything.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from .. import backend
 from ..nn import Module, StateDictError
-from .adapter import PLACEMENTS, Adapter, AdapterConfig, add_adapters
-from .lora import LoRAConfig, LoRALinear, add_lora
-from .prefix import PrefixConfig, PrefixEncoder, add_prefix
+from ..tensor import no_grad
+from . import adapter  # noqa: F401  (a method registers itself when imported: base.METHODS, base.ADDERS)
+from .base import ADAPTER_SLOTS, METHODS, adder_for, configs_of, peft_modules
+from .lora import LoRALinear
+from .prefix import PrefixEncoder
 
 FORMAT = "minilm-peft"
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
-CONFIGS = {"adapter": AdapterConfig, "lora": LoRAConfig, "prefix": PrefixConfig}
-PEFT_TYPES = (Adapter, LoRALinear, PrefixEncoder)
-
-
-# ---- finding things -------------------------------------------------------------------------
-def gpt_of(model: Module):
-    """The GPT inside ``model`` (the model itself, or e.g. a GPTClassifier's ``gpt``)."""
-    from ..models.gpt import GPT
-    if isinstance(model, GPT):
-        return model
-    for _, m in model.named_modules():
-        if isinstance(m, GPT):
-            return m
-    raise TypeError(f"{type(model).__name__} holds no minilm GPT")
-
-
-def blocks_of(model: Module):
-    """The Transformer layers that take adapters: modules with an ``adapter_width`` (the model
-    width d) and the three slots adapter_attn / adapter_mlp / adapter_output (GPT's Block,
-    the BERT encoder's layer)."""
-    blocks = [m for _, m in model.named_modules()
-              if hasattr(m, "adapter_width") and all(hasattr(m, s) for s in ("adapter_attn", "adapter_mlp",
-                                                                               "adapter_output"))]
-    if not blocks:
-        raise TypeError(f"{type(model).__name__} has no Transformer blocks to put adapters in")
-    return blocks
-
-
-def peft_modules(model: Module):
-    """(name, module) of every Adapter, LoRALinear and PrefixEncoder in the model."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, PEFT_TYPES)]
-
-
-def _peft_parameter_ids(model: Module):
-    ids = set()
-    for _, m in peft_modules(model):
-        for _, p in m.named_parameters():
-            if isinstance(m, LoRALinear) and (p is m.weight or p is m.bias):
-                continue                                     # W0 and b belong to the base
-            ids.add(id(p))
-    return ids
-
-
-def freeze_base(model: Module, train_also=()) -> Module:
-    """A3: only PEFT parameters, the task head and ``train_also`` globs stay trainable."""
-    keep = _peft_parameter_ids(model)
-    earlier = tuple(p for c in configs_of(model) for p in c.train_also)    # methods added before this one
-    patterns = tuple(getattr(model, "head_patterns", ())) + earlier + tuple(train_also)
-    for name, p in model.named_parameters():
-        trainable = id(p) in keep or any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
-        p.requires_grad = trainable
-        if not trainable:
-            p.grad = None
-    return model
 
 
 # ---- counting -------------------------------------------------------------------------------
@@ -128,31 +80,27 @@ def disable_adapters(model: Module):
 def remove_peft(model: Module) -> Module:
     """Take every PEFT module out (LoRA layers back to their Linear, unmerged first;
     adapter slots and the prefix emptied) and make every parameter trainable again."""
-    from ..models.gpt import GPT
-    blocks = {id(b) for b in blocks_of(model)} if _has_blocks(model) else set()
-    for name, m in list(model.named_modules()):
-        if id(m) in blocks:
-            for slot in ("adapter_attn", "adapter_mlp", "adapter_output"):
-                setattr(m, slot, None)
-        if isinstance(m, GPT):
-            m.prefix = None
-        for attr, child in list(m.named_children()):
-            if isinstance(child, LoRALinear):
-                if child.merged:
-                    child.unmerge()
-                setattr(m, attr, child.base_layer())
+    for layer in (model.layers() if hasattr(model, "layers") else ()):
+        for slot in ADAPTER_SLOTS:
+            setattr(layer, slot, None)
+    body = getattr(model, "base_model", model)
+    if getattr(body, "prefix", None) is not None:
+        body.prefix = None
+    _unwrap_lora(model, unmerge=True)
     for p in model.parameters():
         p.requires_grad = True
-    object.__setattr__(model, "_peft_configs", [])
+    model._peft_configs = []
     return model
 
 
-def _has_blocks(model):
-    try:
-        blocks_of(model)
-        return True
-    except TypeError:
-        return False
+def _unwrap_lora(model: Module, unmerge: bool):
+    """Put each LoRALinear's own Linear back in its place (after unmerge(), if asked and merged)."""
+    for _, m in list(model.named_modules()):
+        for attr, child in list(m.named_children()):
+            if isinstance(child, LoRALinear):
+                if unmerge and child.merged:
+                    child.unmerge()
+                setattr(m, attr, child.base_layer())
 
 
 def merge_and_unload(model: Module) -> Module:
@@ -165,27 +113,19 @@ def merge_and_unload(model: Module) -> Module:
         if not m.merged:
             m.merge()
         m._original = None
-    for name, m in list(model.named_modules()):
-        for attr, child in list(m.named_children()):
-            if isinstance(child, LoRALinear):
-                setattr(m, attr, child.base_layer())
+    _unwrap_lora(model, unmerge=False)
     for p in model.parameters():
         p.requires_grad = True
-    object.__setattr__(model, "_peft_configs", [])
+    model._peft_configs = []
     return model
 
 
 # ---- saving and loading ---------------------------------------------------------------------
-def configs_of(model: Module):
-    """The configs recorded on the model by the add_* functions, in the order they were applied."""
-    return list(getattr(model, "_peft_configs", ()))
-
-
 def add(model: Module, config) -> Module:
-    """Apply one method by its config (AdapterConfig, LoRAConfig or PrefixConfig) and record it."""
-    fn = {"adapter": add_adapters, "lora": add_lora, "prefix": add_prefix}[config.method]
-    fn(model, config)
-    object.__setattr__(model, "_peft_configs", configs_of(model) + [config])
+    """Apply one method by its config (AdapterConfig, LoRAConfig, PrefixConfig or any registered
+    with ``minilm.peft.base.register``) and record it on the model."""
+    adder_for(config)(model, config)
+    model._peft_configs = configs_of(model) + [config]
     return model
 
 
@@ -199,7 +139,6 @@ def adapter_state_dict(model: Module) -> dict:
         if isinstance(m, PrefixEncoder) and m.reparameterized:
             for n in [k for k in out if k.startswith(mname + ".")]:
                 del out[n]
-            from ..tensor import no_grad
             with no_grad():
                 out[f"{mname}.prefix"] = m.flat().data.copy()
     return out
@@ -207,8 +146,6 @@ def adapter_state_dict(model: Module) -> dict:
 
 def save_adapter(model: Module, path) -> Path:
     """Write the adapter folder (config JSON + safetensors of the trainable arrays), atomically."""
-    from safetensors.numpy import save_file
-
     configs = configs_of(model)
     if not configs:
         raise ValueError("save_adapter: the model has no PEFT method recorded (use minilm.peft.add(...))")
@@ -233,21 +170,17 @@ def save_adapter(model: Module, path) -> Path:
             old = Path(tempfile.mkdtemp(prefix=path.name + ".old-", dir=path.parent))
             os.replace(path, old / "x")
             os.replace(tmp, path)
-            import shutil
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     finally:
         if tmp.exists():
-            import shutil
             shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
 def read_adapter(path) -> tuple[dict, dict]:
     """(meta, arrays) of a saved adapter folder; errors name the file at fault."""
-    from safetensors.numpy import load_file
-
     path = Path(path)
     cfg, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
     for f in (cfg, weights):
@@ -283,7 +216,7 @@ def load_adapter(model: Module, path) -> Module:
     grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for d in meta["methods"]:
-            cls = CONFIGS.get(d.get("method"))
+            cls = METHODS.get(d.get("method"))
             if cls is None:
                 raise ValueError(f"load_adapter: unknown method {d.get('method')!r} in {path}")
             add(model, cls(**d))
@@ -308,7 +241,6 @@ def load_adapter(model: Module, path) -> Module:
             t.data = backend.to_device(v, t.device).astype(t.dtype, copy=True)
     except Exception:
         remove_peft(model)
-        object.__setattr__(model, "_peft_configs", [])
         for p, g in grads:
             p.requires_grad = g
         raise

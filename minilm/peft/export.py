@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from .. import backend
 from ..tensor import no_grad
@@ -26,12 +27,19 @@ from .lora import LoRALinear
 
 
 def export_peft(model, path, base_model_name_or_path: str | None = None) -> Path:
-    """Write ``model``'s LoRA layers (a minilm GPT with GPT-2 names) as a PEFT LoRA folder."""
-    from safetensors.numpy import save_file
-    from ..models.gpt import GPT
+    """Write ``model``'s LoRA layers as a PEFT LoRA folder for the matching transformers model.
 
-    if not isinstance(model, GPT):
-        raise TypeError(f"export_peft writes a causal-LM LoRA of a GPT, got {type(model).__name__}")
+    The names must be the Hugging Face model's own and the weights stored (in, out) like GPT-2's
+    Conv1D (``fan_in_fan_out``): that holds for a bare causal LM whose attention is one fused qkv
+    Linear (``model.fused_qkv``, a GPT with GPT-2 names).  A task model (its body under another
+    name) or a model without fused qkv weights (BERT) is refused, named."""
+    name = type(model).__name__
+    if getattr(model, "base_model", None) is not model:
+        raise TypeError(f"export_peft writes a causal-LM LoRA with GPT-2's names; {name} is a task model "
+                        "around its body (its parameter names are not the Hugging Face model's)")
+    if not tuple(getattr(model, "fused_qkv", ())):
+        raise TypeError(f"export_peft writes GPT-2-style LoRA (fused qkv Conv1D weights, fan_in_fan_out); "
+                        f"{name} declares no fused qkv layer")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
     if not layers:
         raise ValueError("export_peft: the model has no LoRA layers")

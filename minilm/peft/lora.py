@@ -15,10 +15,12 @@ latency; ``unmerge()`` takes it back out.  The sum is formed in float64 and
 rounded once; ``merge(keep_original=True)`` also keeps W0 so ``unmerge()``
 restores it bit for bit.
 
-GPT-2's fused attention matrix.  ``c_attn`` maps d → 3d, the columns of q, k and
-v side by side.  ``parts=("q", "v")`` (the paper's choice) adapts only the q and v
-column blocks: each part p has its own A_p (d, r) and B_p (r, d).  Written as one
-update, A = [A_q A_v] (d, 2r) and B = [[B_q 0 0], [0 0 B_v]] (2r, 3d), so
+Fused attention matrices.  A model names its Linear layers whose output columns
+are q, k and v side by side in ``fused_qkv`` (GPT-2's ``c_attn``, d → 3d; BERT has
+separate ``query``/``key``/``value`` and none).  On such a layer ``parts=("q", "v")``
+(the paper's choice) adapts only the q and v column blocks: each part p has its own
+A_p (d, r) and B_p (r, d).  Written as one update, A = [A_q A_v] (d, 2r) and
+B = [[B_q 0 0], [0 0 B_v]] (2r, 3d), so
 s·A B = [s A_q B_q | 0 | s A_v B_v]: a rank-2r LoRA of the whole matrix with
 α' = 2α (so that α'/2r = α/r).  That is the form the forward pass uses and the
 form :func:`minilm.peft.export_peft` writes.
@@ -35,12 +37,12 @@ from .. import backend
 from .. import functional as F
 from ..nn import Linear, Module, Parameter, init
 from ..tensor import Generator, Tensor, no_grad
+from .base import PeftModule, freeze_base, register
 
 QKV = ("q", "k", "v")
-FUSED_QKV = ("c_attn",)     # GPT-2's fused q|k|v Linear: the layers LoRAConfig.parts applies to
 
 
-class LoRALinear(Module):
+class LoRALinear(PeftModule):
     """A Linear (in → out) with a LoRA update: x W0 + b + (α/r)·dropout(x) A B   (Eq. L1).
 
     ``weight`` and ``bias`` are the wrapped Linear's own Parameters (same objects,
@@ -97,6 +99,10 @@ class LoRALinear(Module):
         for _, p in self.named_parameters():
             if p is not self.weight and p is not self.bias:
                 p.data = backend.to_device(p.data, dev).astype(dt)
+
+    def new_parameters(self):
+        """The LoRA matrices only: W0 and b belong to the base (A3 keeps them frozen)."""
+        return [p for _, p in self.named_parameters() if p is not self.weight and p is not self.bias]
 
     # ---- the update ---------------------------------------------------------------
     def lora_AB(self):
@@ -177,9 +183,11 @@ class LoRAConfig:
 
     target_modules: module names, matched as PEFT does (a name equal to, or ending
     in ".<target>"), or glob patterns (``"transformer.h.*.attn.c_attn"``).
-    parts: for the fused qkv Linear (GPT-2's ``c_attn``), adapt only these of "q", "k",
-    "v" (the paper's default is ("q", "v")); None adapts the whole matrix.  Other
-    targets (``c_proj``, ``c_fc``) always get a whole-matrix update.
+    parts: for a fused qkv Linear (one the model names in ``fused_qkv``, GPT-2's ``c_attn``),
+    adapt only these of "q", "k", "v" (the paper's default is ("q", "v")); None adapts the
+    whole matrix.  Other targets (``c_proj``, ``c_fc``) always get a whole-matrix update; parts
+    with no fused qkv layer among the targets (BERT: target ``query`` and ``value`` instead)
+    is an error.
     """
     r: int = 8
     alpha: float = 16.0
@@ -205,12 +213,12 @@ def _matches(name: str, targets) -> bool:
     return any(name == t or name.endswith("." + t) or fnmatch.fnmatchcase(name, t) for t in targets)
 
 
+@register(LoRAConfig)
 def add_lora(model: Module, config: LoRAConfig) -> Module:
     """Replace every Linear whose name matches ``config.target_modules`` by a LoRALinear
     around it (same weight objects, so base names and ties are unchanged), then freeze
-    everything but PEFT parameters, the task head and ``config.train_also``."""
-    from .core import freeze_base
-
+    everything but PEFT parameters, the task head and ``config.train_also``.  ``config.parts``
+    apply to the targets the model names in ``model.base_model.fused_qkv``."""
     gen = Generator(config.seed)
     chosen = []
     for name, m in list(model.named_modules()):
@@ -222,8 +230,14 @@ def add_lora(model: Module, config: LoRAConfig) -> Module:
         linears = [n for n, m in model.named_modules() if isinstance(m, Linear)]
         raise KeyError(f"add_lora: no Linear matches target_modules={list(config.target_modules)}; "
                        f"the model's Linear layers include {linears[:8]}{' ...' if len(linears) > 8 else ''}")
+    fused = tuple(getattr(getattr(model, "base_model", model), "fused_qkv", ()))
+    if config.parts and not any(_matches(full, fused) for _, _, full, _ in chosen):
+        raise ValueError(f"add_lora: parts={config.parts} adapt the q/k/v blocks of a fused qkv Linear, but none "
+                         f"of the targets {[full for _, _, full, _ in chosen][:8]} is one (the fused qkv layers of "
+                         f"{type(model).__name__}: {list(fused) or 'none'}); target the q/v projections by name "
+                         "and leave parts=None")
     wrapped = [LoRALinear(child, config.r, config.alpha, config.dropout, config.init,
-                          config.parts if _matches(full, FUSED_QKV) else None, gen)
+                          config.parts if _matches(full, fused) else None, gen)
                for parent, attr, full, child in chosen]       # all built (and checked) before any is put in
     for (parent, attr, _, _), layer in zip(chosen, wrapped):
         setattr(parent, attr, layer)

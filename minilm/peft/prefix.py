@@ -25,14 +25,15 @@ import numpy as np
 from .. import functional as F
 from ..nn import Embedding, Linear, Module, Parameter, init
 from ..tensor import Generator, no_grad
+from .base import PeftModule, freeze_base, layers_of, placement_device, register
 
 
-class PrefixEncoder(Module):
+class PrefixEncoder(PeftModule):
     """Per-layer prefix keys and values for a model with L layers, H heads of size d/H.
 
-    ``self(B)`` returns a list of L pairs (P_K, P_V), each (B, H, m, d/H), ready for
-    ``CausalSelfAttention(x, prefix_kv=...)``.  Flat: one Parameter ``prefix`` of
-    shape (L, 2, m, d).  Reparameterised: ``wte`` (m, d) → Linear(d, hidden) → tanh →
+    ``self(B)`` returns a list of L pairs (P_K, P_V), each (B, H, m, d/H), ready for an
+    attention's ``prefix_kv`` (GPT's CausalSelfAttention, BERT's BertSelfAttention).  Flat:
+    one Parameter ``prefix`` of shape (L, 2, m, d).  Reparameterised: ``wte`` (m, d) → Linear(d, hidden) → tanh →
     Linear(hidden, L·2·d).
     """
 
@@ -82,8 +83,7 @@ class PrefixEncoder(Module):
             return self
         with no_grad():
             flat = self.flat().data.copy()
-        for name in ("wte", "mlp_in", "mlp_out"):
-            object.__delattr__(self, name)
+        del self.wte, self.mlp_in, self.mlp_out
         self.prefix = Parameter(flat)
         self.hidden = None
         return self
@@ -114,16 +114,25 @@ class PrefixConfig:
         return asdict(self)
 
 
+@register(PrefixConfig)
 def add_prefix(model: Module, config: PrefixConfig) -> Module:
-    """Attach a PrefixEncoder to the model's GPT (``gpt.prefix``) and freeze the rest (P1)."""
-    from .core import freeze_base, gpt_of
-
-    gpt = gpt_of(model)
-    if gpt.prefix is not None:
+    """Attach a PrefixEncoder to the model's body (``model.base_model.prefix``: GPT or Bert), its
+    keys shaped as ``model.attention_shape(l)`` says, and freeze the rest (P1)."""
+    body = getattr(model, "base_model", model)
+    if not hasattr(body, "prefix"):
+        raise TypeError(f"add_prefix: {type(body).__name__} has no prefix slot (its attention takes no prefix_kv)")
+    if body.prefix is not None:
         raise ValueError("add_prefix: the model already has a prefix")
-    c = gpt.config
-    w = gpt.transformer.wte.weight
-    gpt.prefix = PrefixEncoder(c.n_layer, c.n_head, c.n_embd, config.m, config.hidden, config.init_std,
-                               Generator(config.seed)).to(w.device, w.dtype)
+    L = len(layers_of(model))
+    shapes = [tuple(model.attention_shape(l)) for l in range(L)]         # (heads, head size) per layer
+    if len(set(shapes)) != 1:
+        raise ValueError(f"add_prefix: the layers' attention shapes (heads, head size) differ, {shapes} "
+                         "(a head-pruned model); one PrefixEncoder needs the same heads in every layer")
+    H, hs = shapes[0]
+    if H == 0:
+        raise ValueError(f"add_prefix: {type(body).__name__}'s layers have no attention heads left to take a prefix")
+    device, dtype = placement_device(model)
+    body.prefix = PrefixEncoder(L, H, H * hs, config.m, config.hidden, config.init_std,
+                                Generator(config.seed)).to(device, dtype)
     freeze_base(model, config.train_also)
     return model
