@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """BERT next to GPT: a pretrained encoder fine-tuned four ways on two tasks, and masked vs causal LM from scratch.
 
-    python benchmarks/bench_bert.py [--quick] [--corpus shakespeare|sample] [--out DIR]
+    python experiments/bert_encoder.py [--quick] [--corpus shakespeare|sample] [--out DIR]
 
 1. The encoder: all-MiniLM-L6-v2 (6 layers, d = 384, 12 heads; 10.6M parameters in
    the layers, 11.7M in the 30,522 × 384 WordPiece embedding) loaded with
@@ -10,7 +10,7 @@
    mean-pools the last hidden state (the pooling the model was trained with) into
    a linear head (task A; task B pools each segment).
 2. Task A, genre (comedy / history / tragedy) of a 256-character passage, split by
-   play (``minilm.data.genre``, the same held-out plays as bench_peft), the
+   play (``minilm.data.genre``, the same held-out plays as peft_comparison.py), the
    passages re-tokenised with WordPiece (at most ``genre_max_len`` pieces,
    [CLS] and [SEP] included), next to word-level naive Bayes on the same passages.
 3. Task B, next-line prediction (``minilm.data.pairs``): ``[CLS] A [SEP] B [SEP]``
@@ -47,12 +47,12 @@
    Face's ``BertForMaskedLM`` of the same size (lr 3e-3; same batches, masks and
    schedule) left it within 1,500 steps (val 3.075 and 3.073 at lr 3e-3:
    ``mlm_plateau.py``); with 32 blocks of 64 (~307 targets a step) the drop comes
-   after about 500 steps.  Hence blocks of 64 here, where bench_peft's base uses 128.
+   after about 500 steps.  Hence blocks of 64 here, where peft_comparison.py's base uses 128.
 
    Why characters and not WordPiece for this part: it keeps the only differences
    between the two models the objective and the attention mask — the same
    tokenizer, text, blocks and loss unit (nats per character) as the GPT, and as
-   bench_peft's base.  With the MiniLM vocabulary the 30,522 × 128 embedding (3.9M
+   peft_comparison.py's base.  With the MiniLM vocabulary the 30,522 × 128 embedding (3.9M
    parameters) would be five times the 4 × 128 body, mostly rows the plays never
    use, and the (B, T, 30522) logits the bulk of each step.
 
@@ -66,7 +66,7 @@ evaluation ≈ 3.5 min, the two LMs (≈ 0.2 and 0.25 s per step) ≈ 15 min, lo
 encoding and the zero-shot row ≈ 2 min: **about 40 minutes**; the committed run took
 2,147 s (36 min).  The command:
 
-    python benchmarks/bench_bert.py --out out/bench_bert
+    python experiments/bert_encoder.py --out out/bert_encoder
 
 ``--quick`` is a CI-sized version (a handful of steps, small test sets, a tiny
 MLM/GPT pair on the sample): its numbers show the mechanics, not the methods'
@@ -76,32 +76,34 @@ of each genre and is skipped; task B splits each of the sample's plays 80/20
 """
 from __future__ import annotations
 
-import _common  # first: limits threads before NumPy is imported  # noqa: I001
-
-import argparse
-import io
-import json
-import math
-import sys
-import time
-from dataclasses import asdict, dataclass, field
+import sys  # noqa: I001
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import _common  # noqa: E402  first after the path: limits threads before NumPy is imported
 
-from minilm import backend, peft
-from minilm.data.corpus import train_val_split
-from minilm.data.batches import RandomBatches
-from minilm.data.genre import NaiveBayes, genre_task, pretraining_text, split_plays
-from minilm.data.mlm import IGNORE_INDEX, mask_tokens
-from minilm.data.pairs import pair_task, pair_task_within_plays
-from minilm.finetune import FinetuneConfig, peak_memory_mb, train_loop
-from minilm.models import GPT, GPTConfig
-from minilm.models.bert import Bert, BertClassifier, BertConfig, BertForMaskedLM, find_minilm_l6_v2
-from minilm.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, warmup_cosine_scheduler
-from minilm.tensor import Generator, Tensor, manual_seed, no_grad
-from minilm.tokenizers import CharTokenizer
-from minilm.tokenizers.wordpiece import WordPieceTokenizer
+import argparse  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass, field, replace  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from minilm import peft  # noqa: E402
+from minilm.data.corpus import train_val_split  # noqa: E402
+from minilm.data.batches import RandomBatches  # noqa: E402
+from minilm.data.genre import NaiveBayes, genre_task, pretraining_text, split_plays  # noqa: E402
+from minilm.data.mlm import IGNORE_INDEX, mask_tokens  # noqa: E402
+from minilm.data.pairs import pair_task, pair_task_within_plays  # noqa: E402
+from minilm.finetune import ExampleBatches, accuracy, peak_memory_mb, train_step_fn  # noqa: E402
+from minilm.models import GPT, GPTConfig  # noqa: E402
+from minilm.models.bert import Bert, BertClassifier, BertConfig, BertForMaskedLM, find_minilm_l6_v2  # noqa: E402
+from minilm.tensor import Generator, Tensor, manual_seed, no_grad  # noqa: E402
+from minilm.tokenizers import CharTokenizer  # noqa: E402
+from minilm.tokenizers.wordpiece import WordPieceTokenizer  # noqa: E402
+from minilm.train import TrainConfig, Trainer, finetune_config  # noqa: E402
 
 _common.limit_loaded_threads()
 
@@ -110,7 +112,7 @@ _common.limit_loaded_threads()
 class Size:
     clf_steps: int
     clf_batch: int
-    genre_chars: int = 256             # passage length in characters (as bench_peft)
+    genre_chars: int = 256             # passage length in characters (as peft_comparison.py)
     genre_max_len: int = 96            # WordPiece pieces, [CLS] and [SEP] included
     train_per_genre: int | None = 2000
     test_per_genre: int | None = 200
@@ -166,11 +168,10 @@ def counts(model):
     return peft.trainable_report(model, file=io.StringIO())
 
 
-# ---- encoded data and the loops BERT needs (ids, segments and a padding mask) -------------------------------
+# ---- encoded data: ids, segments and a padding mask ------------------------------------------------------------
 @dataclass
 class Encoded:
-    """encode_batch's three (N, T) arrays and the labels; ``batch(i)`` trims the padding no row of the
-    batch needs, so a batch of short rows is a short batch."""
+    """encode_batch's three (N, T) arrays and the labels."""
     input_ids: np.ndarray
     token_type_ids: np.ndarray
     attention_mask: np.ndarray
@@ -180,10 +181,9 @@ class Encoded:
     def __len__(self):
         return len(self.labels)
 
-    def batch(self, i):
-        T = max(1, int(self.attention_mask[i].sum(axis=1).max()))
-        return (Tensor(self.input_ids[i, :T]), Tensor(self.token_type_ids[i, :T]), Tensor(self.attention_mask[i, :T]),
-                Tensor(self.labels[i]))
+    def inputs(self, n=None) -> dict:
+        """The model's per-example inputs besides input_ids (the first ``n`` rows; all if None)."""
+        return {"attention_mask": self.attention_mask[:n], "token_type_ids": self.token_type_ids[:n]}
 
 
 def encode(tok, items, labels, max_length):
@@ -196,46 +196,33 @@ def encode(tok, items, labels, max_length):
                    np.asarray(labels, dtype=np.int64), truncated)
 
 
-def _loss(clf, ids, types, mask, y):
-    return clf(ids, y, mask, types)[1]
+def trim(batch: dict) -> dict:
+    """Drop the padding columns no row of the batch needs (a batch of short rows is a short batch):
+    (b, T) arrays → (b, T'), T' the longest row's length."""
+    T = max(1, int(batch["attention_mask"].sum(axis=1).max()))
+    return {k: v[:, :T] if v.ndim == 2 else v for k, v in batch.items()}
 
 
-def train_bert_classifier(clf, data: Encoded, config: FinetuneConfig, stream=None) -> dict:
-    """Random minibatches of ``data``, AdamW on the trainable parameters (minilm.finetune.train_loop)."""
-    rng = np.random.default_rng(config.seed)
+class TrimmedBatches(ExampleBatches):
+    """train_classifier's random minibatches of whole examples, each trimmed to its longest row."""
 
-    def batch():
-        ids, types, mask, y = data.batch(rng.integers(0, len(data), size=config.batch_size))
-        return ids, types, mask, y
-
-    tokens = config.batch_size * data.input_ids.shape[1]
-    return train_loop(clf, config, batch, lambda *b: _loss(clf, *b), tokens, stream)
+    def __call__(self) -> dict:
+        return trim(super().__call__())
 
 
-@no_grad()
-def predict(clf, data: Encoded, batch_size=32) -> np.ndarray:
-    clf.eval()
-    out = []
-    for s in range(0, len(data), batch_size):
-        ids, types, mask, _ = data.batch(np.arange(s, min(s + batch_size, len(data))))
-        logits, _ = clf(ids, None, mask, types)
-        out.append(backend.to_numpy(logits.data).argmax(axis=-1))
-    return np.concatenate(out)
+def train_bert_classifier(clf, data: Encoded, config, stream=None) -> dict:
+    """train_classifier's Trainer on minibatches trimmed to their longest row (TrimmedBatches)."""
+    arrays = {"input_ids": data.input_ids, **data.inputs(), "labels": data.labels}
+    return Trainer(clf, config, TrimmedBatches(arrays, config.batch_size, seed=config.seed), stream=stream).fit()
 
 
-def step_fn(clf, data: Encoded, config: FinetuneConfig):
-    """One training step (forward, backward, AdamW) on the first batch, for peak_memory_mb."""
-    opt = AdamW(param_groups_for_weight_decay(clf, config.weight_decay), lr=config.lr)
-    b = data.batch(np.arange(config.batch_size))
-
-    def step():
-        clf.train()
-        loss = _loss(clf, *b)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        clf.eval()
-    return step
+def step_fn(clf, data: Encoded, config):
+    """One training step on the first batch (trimmed), for peak_memory_mb: the Trainer's step without
+    clipping (the measured step has never clipped; clipping's float64 copy of each gradient adds to the peak)."""
+    n = config.batch_size
+    b = trim({"input_ids": data.input_ids[:n], **data.inputs(n), "labels": data.labels[:n]})
+    labels = b.pop("labels")
+    return train_step_fn(clf, b.pop("input_ids"), labels, replace(config, grad_clip=0.0), **b)
 
 
 def run_task(name, bert_state, bert_config, train: Encoded, test: Encoded, n_classes, size, seed, stream,
@@ -251,8 +238,8 @@ def run_task(name, bert_state, bert_config, train: Encoded, test: Encoded, n_cla
         rep = counts(clf)
         row = {"method": row_name, "trainable": rep["trainable"], "total": rep["total"], "percent": rep["percent"],
                "lr": LR[kind]}
-        fc = FinetuneConfig(steps=steps, batch_size=size.clf_batch, lr=LR[kind], seed=seed,
-                            warmup=max(1, steps // 10), log_every=max(1, steps // 4))
+        fc = finetune_config(max_steps=steps, batch_size=size.clf_batch, learning_rate=LR[kind], seed=seed,
+                             warmup_steps=max(1, steps // 10), log_interval=max(1, steps // 4))
         print(f"\n[{name}] {row_name}: {rep['trainable']:,} trainable ({rep['percent']:.3f}%), lr {LR[kind]:g}",
               file=stream, flush=True)
         t0 = time.perf_counter()
@@ -263,7 +250,7 @@ def run_task(name, bert_state, bert_config, train: Encoded, test: Encoded, n_cla
         row["first_train_loss"] = float(np.mean(res["loss"][:5]))
         row["final_train_loss"] = float(np.mean(res["loss"][-max(1, steps // 5):]))
         t0 = time.perf_counter()
-        row["accuracy"] = float((predict(clf, test, size.eval_batch) == test.labels).mean())
+        row["accuracy"] = accuracy(clf, test.input_ids, test.labels, size.eval_batch, **test.inputs())
         row["eval_seconds"] = time.perf_counter() - t0
         row["peak_mb"] = peak_memory_mb(step_fn(clf, train, fc), repeats=1)    # after the accuracy: it trains
         print(f"[{name}] {row_name}: test accuracy {row['accuracy']:.3f} ({row['sec_per_step']:.2f} s/step, "
@@ -301,7 +288,7 @@ def _mlm_eval_loss(mlm, x, inputs, labels):
     """Mean CE at the chosen positions, and split by what the input showed there."""
     with no_grad():
         mlm.eval()
-        logits = mlm(Tensor(inputs))[0].numpy().astype(np.float64)
+        logits = mlm(Tensor(inputs)).logits.numpy().astype(np.float64)
     top = logits.max(-1, keepdims=True)
     logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
     chosen = labels != IGNORE_INDEX
@@ -323,7 +310,7 @@ def neighbour_attention(mlm, x, inputs):
     b, i = np.nonzero(at)
     with no_grad():
         mlm.eval()
-        layers, _ = mlm.bert(Tensor(inputs), all_layers=True)
+        layers, _ = mlm.bert.hidden_states(Tensor(inputs), all_layers=True)   # [H⁰ … Hᴸ]
     out = []
     for layer, h in zip(mlm.bert.encoder.layer, layers[:-1]):
         A = layer.attention.self.attention_probs(h)                        # (B, H, T, T)
@@ -353,52 +340,39 @@ def lm_vs_mlm(text, tok, size, seed, stream):
           f"V = {V} (+[MASK] for the MLM); GPT {gpt.num_parameters():,} parameters, BERT MLM "
           f"{mlm.num_parameters():,}", file=stream, flush=True)
 
-    def val_gpt():
-        with no_grad():
-            gpt.eval()
-            return float(gpt(Tensor(val_x), Tensor(val_y))[1].item())
+    def masked(blocks, rng):
+        """The MLM's batches: the GPT's blocks, 15% of the positions chosen (80/10/10) by ``rng``."""
+        def draw():
+            x, _ = blocks()
+            inputs, labels = mask_tokens(x, V + 1, mask_id, special_ids=(), rng=rng)
+            return {"input_ids": inputs, "labels": labels}
+        return draw
 
+    near = []                                                  # [eval point][layer]: see neighbour_attention()
+
+    def evaluate_mlm(model):
+        near.append(neighbour_attention(mlm, val_x, val_in))
+        return {"val": _mlm_eval_loss(mlm, val_x, val_in, val_lab)["all"]}
+
+    evaluators = {"gpt": lambda model: {"val": model(Tensor(val_x), labels=Tensor(val_y)).loss.item()},
+                  "mlm": evaluate_mlm}
+    config = TrainConfig(max_steps=size.lm_steps, batch_size=size.lm_batch, learning_rate=size.lm_lr,
+                         min_lr_ratio=0.1, warmup_steps=size.lm_warmup, weight_decay=0.1, beta2=0.99, grad_clip=1.0,
+                         eval_interval=size.lm_eval_interval, log_interval=max(1, size.lm_steps // 10), seed=seed)
     out = {"vocab": V, "train_chars": int(len(train_ids)), "val_chars": int(len(val_ids)), "val_blocks": int(n_val),
            "block_size": T, "batch_size": size.lm_batch, "steps": size.lm_steps, "lr": size.lm_lr}
     for name, model in (("gpt", gpt), ("mlm", mlm)):
-        opt = AdamW(param_groups_for_weight_decay(model, 0.1), lr=size.lm_lr, betas=(0.9, 0.99))
-        sched = warmup_cosine_scheduler(opt, size.lm_steps, size.lm_warmup, 0.1)
-        batches = RandomBatches(train_ids, T, size.lm_batch, seed=seed)      # the same blocks for both
-        mask_rng = np.random.default_rng(seed + 1)
-        losses, val_steps, val_losses, times, near = [], [], [], [], []
-        for step in range(size.lm_steps + 1):
-            if step % size.lm_eval_interval == 0 or step == size.lm_steps:
-                val_steps.append(step)
-                val_losses.append(val_gpt() if name == "gpt" else _mlm_eval_loss(mlm, val_x, val_in, val_lab)["all"])
-                if name == "mlm":
-                    near.append(neighbour_attention(mlm, val_x, val_in))
-            if step == size.lm_steps:
-                break
-            t0 = time.perf_counter()
-            x, y = batches()
-            model.train()
-            if name == "gpt":
-                loss = gpt(Tensor(x), Tensor(y))[1]
-            else:
-                inputs, labels = mask_tokens(x, V + 1, mask_id, special_ids=(), rng=mask_rng)
-                loss = mlm(Tensor(inputs), labels=Tensor(labels))[1]
-            opt.zero_grad()
-            loss.backward()
-            clip_grad_norm([p for p in model.parameters() if p.requires_grad], 1.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.item()))
-            times.append(time.perf_counter() - t0)
-            if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"{name}: loss became {losses[-1]} at step {step}")
-            if (step + 1) % max(1, size.lm_steps // 10) == 0:
-                print(f"  [{name}] step {step + 1}/{size.lm_steps}: loss {losses[-1]:.3f}, "
-                      f"val {val_losses[-1]:.3f} (step {val_steps[-1]})"
-                      + (f", [MASK]→neighbours {max(near[-1]):.2f}" if near else ""), file=stream, flush=True)
-        out[name] = {"parameters": model.num_parameters(), "loss": losses, "val_step": val_steps,
-                     "val_loss": val_losses, "sec_per_step": float(np.median(times[2:] or times))}
-        if near:
-            out[name]["neighbour_attention"] = near        # [eval point][layer]: see neighbour_attention()
+        blocks = RandomBatches(train_ids, T, size.lm_batch, seed=seed)      # the same blocks for both
+        batches = blocks if name == "gpt" else masked(blocks, np.random.default_rng(seed + 1))
+        print(f"  [{name}]", file=stream, flush=True)
+        trainer = Trainer(model, config, batches, evaluate=evaluators[name], stream=stream)
+        first = trainer.run_evaluation()["val"]                            # step 0: before any training
+        res = trainer.fit()
+        out[name] = {"parameters": model.num_parameters(), "loss": res["loss"],
+                     "val_step": [0] + [st for st, _, _ in res["history"]["eval"]],
+                     "val_loss": [first] + [v for _, _, v in res["history"]["eval"]],
+                     "sec_per_step": res["sec_per_step"]}
+    out["mlm"]["neighbour_attention"] = near
     out["mlm"]["val_by_input"] = _mlm_eval_loss(mlm, val_x, val_in, val_lab)
     chosen = val_lab != IGNORE_INDEX
     out["mlm"]["val_chosen_fraction"] = float(chosen.mean())
@@ -413,7 +387,7 @@ def lm_vs_mlm(text, tok, size, seed, stream):
 
 
 # ---- the whole run --------------------------------------------------------------------------------------------
-def run(size_name="full", out_dir="out/bench_bert", stream=None, seed=0, corpus="shakespeare"):
+def run(size_name="full", out_dir="out/bert_encoder", stream=None, seed=0, corpus="shakespeare"):
     """Run everything and return the result dict (also written to out_dir as JSON, Markdown, PNG)."""
     stream = stream or sys.stdout
     size = SIZES[size_name]
@@ -421,7 +395,7 @@ def run(size_name="full", out_dir="out/bench_bert", stream=None, seed=0, corpus=
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     env = _common.machine_env()
-    print(f"bench_bert {size_name} on {corpus}; cpu: {env['cpu']}, load average {env['loadavg_1_5_15']}",
+    print(f"bert_encoder {size_name} on {corpus}; cpu: {env['cpu']}, load average {env['loadavg_1_5_15']}",
           file=stream, flush=True)
 
     from minilm.data import load_sample
@@ -647,7 +621,7 @@ def plot(result, path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI-sized: a few steps, small test sets, a tiny MLM/GPT")
-    ap.add_argument("--out", default="out/bench_bert", help="where the table, JSON and plot go")
+    ap.add_argument("--out", default="out/bert_encoder", help="where the table, JSON and plot go")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--corpus", choices=("shakespeare", "sample"), default="shakespeare",
                     help="sample: the packaged sample, no network; task A skipped, task B split within plays")

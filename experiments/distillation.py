@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Knowledge distillation (K1) on Shakespeare: a teacher, a student from scratch, a distilled student.
 
-    python benchmarks/bench_distill.py [--quick] [--out DIR]
+    python experiments/distillation.py [--quick] [--out DIR]
 
-The same data as benchmarks/bench_peft.py: a character-level corpus of the
+The same data as experiments/peft_comparison.py: a character-level corpus of the
 genre task's *train* plays (the held-out plays are never seen), its last 10%
 for validation.
   teacher              GPT 4 layers × 128 wide (0.84M parameters), pretrained on the text —
-                       the same base as benchmarks/bench_peft.py (pass its folder: --teacher-dir)
+                       the same base as experiments/peft_comparison.py (pass its folder: --teacher-dir)
   student, scratch     GPT 4 layers × 64 wide (0.22M, about a quarter), pretrained the same way
   student, distilled   the same student architecture and initial weights, trained on
                        K1 against the frozen teacher (T = 2, λ = 0.5) with the same optimizer,
@@ -30,19 +30,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))          # its sibling peft_comparison.py
 
 import numpy as np  # noqa: E402
 
-from bench_peft import SIZES  # noqa: E402
+from peft_comparison import SIZES  # noqa: E402
 from minilm.data.corpus import train_val_split  # noqa: E402
 from minilm.data.genre import genre_task, pretraining_text, split_plays  # noqa: E402
 from minilm.distill import DistillConfig, Distiller, distill_lm  # noqa: E402
-from minilm.finetune import FinetuneConfig, accuracy, encode_passages, lm_loss, pretrain_base, train_classifier  # noqa: E402
+from minilm.finetune import ExampleBatches, accuracy, encode_passages, lm_loss, pretrain_base, train_classifier  # noqa: E402
 from minilm.models import GPT, GPTClassifier, GPTConfig  # noqa: E402
 from minilm.tensor import Generator, Tensor, manual_seed, no_grad  # noqa: E402
 from minilm.tokenizers import CharTokenizer  # noqa: E402
-from minilm.train import TrainConfig  # noqa: E402
+from minilm.train import TrainConfig, Trainer, finetune_config  # noqa: E402
 
 CONFIGS = {
     "full": dict(teacher=dict(n_layer=4, n_head=4, n_embd=128), student=dict(n_layer=4, n_head=4, n_embd=64),
@@ -69,7 +69,7 @@ def tokens_per_second(model, T, batch=8, repeats=5):
     return batch * T / float(np.median(times))
 
 
-def run(size="full", out="out/bench_distill", teacher_dir=None, student_dir=None, stream=None, corpus=None):
+def run(size="full", out="out/distillation", teacher_dir=None, student_dir=None, stream=None, corpus=None):
     stream = stream or sys.stdout
     c = CONFIGS[size]
     out = Path(out)
@@ -101,7 +101,7 @@ def run(size="full", out="out/bench_distill", teacher_dir=None, student_dir=None
         manual_seed(tc.seed)
         distilled = GPT(mc_s, generator=Generator(tc.seed))     # the scratch student's initial weights
         print(f"distilling the teacher into a {distilled.num_parameters():,}-parameter student "
-              f"(K1, T={KD.T}, λ={KD.lam}, {tc.max_iters} steps)", file=stream, flush=True)
+              f"(K1, T={KD.T}, λ={KD.lam}, {tc.max_steps} steps)", file=stream, flush=True)
         kd_history = distill_lm(Distiller(teacher, distilled, KD), train_ids, tc, stream=stream)
         np.savez(distilled_path, key=key, history=json.dumps(kd_history),
                  **{"w." + k: v for k, v in distilled.state_dict().items()})
@@ -118,8 +118,8 @@ def run(size="full", out="out/bench_distill", teacher_dir=None, student_dir=None
     task = genre_task(corpus, length=T, train_per_genre=c["train_per_genre"], test_per_genre=c["test_per_genre"])
     Xtr, Xte = encode_passages(task.train_texts, tok, T), encode_passages(task.test_texts, tok, T)
     ytr, yte = task.train_labels, task.test_labels
-    fc = FinetuneConfig(steps=c["clf_steps"], batch_size=c["clf_batch"], lr=5e-4, seed=0,
-                        log_every=max(1, c["clf_steps"] // 4))
+    fc = finetune_config(max_steps=c["clf_steps"], batch_size=c["clf_batch"], learning_rate=5e-4, seed=0,
+                         log_interval=max(1, c["clf_steps"] // 4))
     clf_t = GPTClassifier(teacher, 3, generator=Generator(0))
     print("\n[genre] teacher, full fine-tuning", file=stream, flush=True)
     train_classifier(clf_t, Xtr, ytr, fc, stream=stream)
@@ -150,15 +150,10 @@ def run(size="full", out="out/bench_distill", teacher_dir=None, student_dir=None
 
 
 def _train_classifier_kd(distiller, X, y, fc, stream):
-    from minilm.finetune import train_loop
-    rng = np.random.default_rng(fc.seed)
-
-    def batch():
-        i = rng.integers(0, len(X), size=fc.batch_size)
-        return Tensor(X[i]), Tensor(y[i])
-
-    return train_loop(distiller.student, fc, batch, lambda xb, yb: distiller.loss(xb, yb)[0],
-                      fc.batch_size * X.shape[1], stream)
+    """train_classifier's batches and Trainer, with K1 against the teacher classifier as the loss."""
+    batches = ExampleBatches({"input_ids": X, "labels": y}, fc.batch_size, seed=fc.seed)
+    return Trainer(distiller.student, fc, batches, stream=stream,
+                   loss_fn=lambda model, batch: distiller.loss(batch["input_ids"], batch["labels"])).fit()
 
 
 def format_table(result) -> str:
@@ -179,7 +174,7 @@ def format_table(result) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="out/bench_distill")
+    ap.add_argument("--out", default="out/distillation")
     ap.add_argument("--teacher-dir", help="a pretrain_base folder for the teacher (cached)")
     ap.add_argument("--student-dir", help="a pretrain_base folder for the scratch student (cached)")
     a = ap.parse_args(argv)

@@ -1,72 +1,72 @@
 #!/usr/bin/env python
 """Is the masked LM's plateau ours or the objective's?  One character-level MLM, minilm's or Hugging Face's.
 
-    python benchmarks/mlm_plateau.py --impl minilm --batch 8 --block 128 --lr 3e-3 --steps 1500
-    python benchmarks/mlm_plateau.py --impl hf     --batch 8 --block 128 --lr 3e-3 --steps 1500
+    python experiments/mlm_plateau.py --impl minilm --batch 8 --block 128 --lr 3e-3 --steps 1500
+    python experiments/mlm_plateau.py --impl hf     --batch 8 --block 128 --lr 3e-3 --steps 1500
 
 Trains a post-LN BERT masked LM of 4 layers × 128 (4 heads, MLP 512, no dropout)
-from scratch on the genre task's training plays, as ``bench_bert.py``'s part 4
+from scratch on the genre task's training plays, as ``bert_encoder.py``'s part 4
 does: the same character tokenizer, the same random blocks (``RandomBatches``,
 seed 0), the same masks (``mask_tokens``: 15%, 80/10/10, seed 1), AdamW (β =
 0.9, 0.99; weight decay 0.1 on matrices and embeddings), 100 warm-up steps then
-cosine decay to 10%, gradient clipping at 1.0.  ``--impl hf`` builds
-``transformers.BertForMaskedLM`` with the same sizes instead (its own
-initialisation, std 0.02 as minilm's); everything else is identical.  Every 250
-steps it prints the loss on a fixed set of masked validation blocks (the last
+cosine decay to 10%, gradient clipping at 1.0: the steps of minilm's Trainer.
+``--impl hf`` builds ``transformers.BertForMaskedLM`` with the same sizes
+instead (its own initialisation, std 0.02 as minilm's) and trains it with
+torch's AdamW and the same schedule written out (the Trainer drives minilm
+models only); everything else is identical.  Every 250 steps it prints the loss on a fixed set of masked validation blocks (the last
 10% of the text) and, at the end, the unigram entropy of the characters: the
 loss of a model that ignores the context.
 
 On this 2-core machine (one thread), with 8 blocks of 128 and lr 3e-3, both
 implementations sat on the plateau for 1,500 steps: minilm val 3.075, Hugging
 Face 3.073 (unigram entropy 3.3), about 4 minutes each.  With ``--batch 32
---block 64`` minilm's leaves it after about 500 steps (``bench_bert.py``).
+--block 64`` minilm's leaves it after about 500 steps (``bert_encoder.py``).
 """
 from __future__ import annotations
 
-import _common  # first: limits threads before NumPy is imported  # noqa: I001
+import sys  # noqa: I001
+from pathlib import Path
 
-import argparse
-import math
-import time
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import _common  # noqa: E402  first after the path: limits threads before NumPy is imported
 
-import numpy as np
+import argparse  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
 
-from minilm.data import load_shakespeare
-from minilm.data.batches import RandomBatches
-from minilm.data.corpus import train_val_split
-from minilm.data.genre import pretraining_text, split_plays
-from minilm.data.mlm import mask_tokens
-from minilm.models.bert import BertConfig, BertForMaskedLM
-from minilm.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, warmup_cosine_scheduler
-from minilm.tensor import Generator, Tensor, no_grad
-from minilm.tokenizers import CharTokenizer
+import numpy as np  # noqa: E402
+
+from minilm.data import load_shakespeare  # noqa: E402
+from minilm.data.batches import RandomBatches  # noqa: E402
+from minilm.data.corpus import train_val_split  # noqa: E402
+from minilm.data.genre import pretraining_text, split_plays  # noqa: E402
+from minilm.data.mlm import mask_tokens  # noqa: E402
+from minilm.models.bert import BertConfig, BertForMaskedLM  # noqa: E402
+from minilm.tensor import Generator, Tensor, no_grad  # noqa: E402
+from minilm.tokenizers import CharTokenizer  # noqa: E402
+from minilm.train import TrainConfig, Trainer  # noqa: E402
 
 _common.limit_loaded_threads()
 SIZE = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
 
 
 def minilm_model(V, T, lr, steps, warmup):
-    """(loss of (inputs, labels), one optimiser step) for minilm's BERT."""
+    """(loss of (inputs, labels), one optimiser step) for minilm's BERT: the Trainer's step."""
     m = BertForMaskedLM(BertConfig(vocab_size=V + 1, max_position_embeddings=T, hidden_dropout_prob=0.0,
                                    attention_probs_dropout_prob=0.0, pad_token_id=None, add_pooling_layer=False,
                                    **SIZE), generator=Generator(0))
-    opt = AdamW(param_groups_for_weight_decay(m, 0.1), lr=lr, betas=(0.9, 0.99))
-    sched = warmup_cosine_scheduler(opt, steps, warmup, 0.1)
+    config = TrainConfig(max_steps=steps, learning_rate=lr, min_lr_ratio=0.1, warmup_steps=warmup, weight_decay=0.1,
+                         beta2=0.99, grad_clip=1.0)
+    trainer = Trainer(m, config, batches=None, quiet=True)      # the batches come from main()'s loop
 
     def val(inputs, labels):
         with no_grad():
             m.eval()
-            return float(m(Tensor(inputs), labels=Tensor(labels))[1].item())
+            return float(m(Tensor(inputs), labels=Tensor(labels)).loss.item())
 
     def step(inputs, labels):
         m.train()
-        loss = m(Tensor(inputs), labels=Tensor(labels))[1]
-        opt.zero_grad()
-        loss.backward()
-        clip_grad_norm(list(m.parameters()), 1.0)
-        opt.step()
-        sched.step()
-        return float(loss.item())
+        return trainer.train_step({"input_ids": inputs, "labels": labels})
     return val, step
 
 

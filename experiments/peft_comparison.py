@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Lightweight fine-tuning compared on two downstream tasks: one command, one table, one plot.
 
-    python benchmarks/bench_peft.py [--quick] [--out DIR]
+    python experiments/peft_comparison.py [--quick] [--out DIR]
 
 1. Base model (§3.1 steps 1–3): a character-level GPT pretrained on the genre
    task's *train* plays only (no held-out play, no poem), cached in DIR/base.
@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,13 +37,13 @@ import numpy as np  # noqa: E402
 
 from minilm import peft  # noqa: E402
 from minilm.data.genre import NaiveBayes, genre_task, poetry_split, pretraining_text, split_plays  # noqa: E402
-from minilm.finetune import (FinetuneConfig, accuracy, encode_passages, lm_loss, peak_memory_mb,  # noqa: E402
-                             pretrain_base, train_classifier, train_lm, train_step_fn)
+from minilm.finetune import (accuracy, encode_passages, lm_loss, peak_memory_mb, pretrain_base,  # noqa: E402
+                             train_classifier, train_lm, train_step_fn)
 from minilm.models import GPT, GPTConfig  # noqa: E402
 from minilm.models.classifier import GPTClassifier  # noqa: E402
 from minilm.tensor import Generator  # noqa: E402
 from minilm.tokenizers import CharTokenizer  # noqa: E402
-from minilm.train import TrainConfig  # noqa: E402
+from minilm.train import TrainConfig, finetune_config  # noqa: E402
 
 
 @dataclass
@@ -66,11 +66,11 @@ class Size:
 
 SIZES = {
     "full": Size(model=dict(block_size=256, n_layer=4, n_head=4, n_embd=128),
-                 pretrain=dict(max_iters=2000, batch_size=8, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100,
+                 pretrain=dict(max_steps=2000, batch_size=8, learning_rate=1e-3, min_lr_ratio=0.1, warmup_steps=100,
                                eval_interval=250, eval_iters=20, log_interval=100),
                  clf_steps=400, lm_steps=300),
     "quick": Size(model=dict(block_size=64, n_layer=2, n_head=2, n_embd=64),
-                  pretrain=dict(max_iters=200, batch_size=16, learning_rate=2e-3, min_lr=2e-4, warmup_iters=20,
+                  pretrain=dict(max_steps=200, batch_size=16, learning_rate=2e-3, min_lr_ratio=0.1, warmup_steps=20,
                                 eval_interval=100, eval_iters=5, log_interval=50),
                   clf_steps=40, lm_steps=30, clf_batch=16, lm_batch=8, train_per_genre=400, test_per_genre=100,
                   adapter_r=(2, 8), lora_r=(2, 8), prefix_m=(4, 16), prefix_hidden=32, max_val_blocks=60),
@@ -108,6 +108,13 @@ def lr_for(kind):
             "lora": LR["lora"], "prefix": LR["prefix"]}.get(kind, 1e-3)
 
 
+def measured(config):
+    """The config of the step whose time and peak memory are measured: the row's, without clipping
+    (the measured step has never clipped; clipping's float64 copy of each gradient adds to the peak).
+    The measurement trains: it runs after the metric."""
+    return replace(config, grad_clip=0.0)
+
+
 def counts(model):
     import io
     return peft.trainable_report(model, file=io.StringIO())
@@ -120,7 +127,7 @@ def _counted_row(model, name):
                  "percent": rep["percent"]}
 
 
-def run(size_name="full", out_dir="out/bench_peft", stream=None, seed=0, corpus="shakespeare"):
+def run(size_name="full", out_dir="out/peft_comparison", stream=None, seed=0, corpus="shakespeare"):
     """Run the comparison and return the result dict (also written to out_dir as JSON, Markdown, PNG).
 
     corpus="sample" uses the sample packaged with minilm (Macbeth, A Midsummer Night's Dream,
@@ -174,15 +181,16 @@ def run(size_name="full", out_dir="out/bench_peft", stream=None, seed=0, corpus=
         prepare(g, kind, cfg, head_names=("transformer.wte.weight",))
         rep, row = _counted_row(g, name)
         if kind != "none":
-            fc = FinetuneConfig(steps=size.lm_steps, batch_size=size.lm_batch, lr=lr_for(kind), seed=seed,
-                                log_every=max(1, size.lm_steps // 3))
+            fc = finetune_config(max_steps=size.lm_steps, batch_size=size.lm_batch, learning_rate=lr_for(kind),
+                                 seed=seed, log_interval=max(1, size.lm_steps // 3))
             print(f"\n[poetry] {name}: {rep['trainable']:,} trainable ({rep['percent']:.2f}%)", file=stream, flush=True)
             res = train_lm(g, ids_tr, fc, stream=stream)
             row["sec_per_step"] = res["sec_per_step"]
+        row["val_loss"] = lm_loss(g, ids_va, max_blocks=size.max_val_blocks)
+        if kind != "none":                                        # after the metric: it trains
             x = ids_tr[:size.lm_batch * T].reshape(size.lm_batch, T)
             y = ids_tr[1:size.lm_batch * T + 1].reshape(size.lm_batch, T)
-            row["peak_mb"] = peak_memory_mb(train_step_fn(g, x, y, fc), repeats=1)
-        row["val_loss"] = lm_loss(g, ids_va, max_blocks=size.max_val_blocks)
+            row["peak_mb"] = peak_memory_mb(train_step_fn(g, x, y, measured(fc)), repeats=1)
         print(f"[poetry] {name}: held-out poetry loss {row['val_loss']:.4f}", file=stream, flush=True)
         lm_rows.append(row)
 
@@ -219,21 +227,22 @@ def _genre(corpus, tok, T, size, seed, fresh_gpt, stream):
             clf.freeze()
         rep, row = _counted_row(clf, name)
         if kind != "none":
-            fc = FinetuneConfig(steps=size.clf_steps, batch_size=size.clf_batch, lr=lr_for(kind), seed=seed,
-                                log_every=max(1, size.clf_steps // 4))
+            fc = finetune_config(max_steps=size.clf_steps, batch_size=size.clf_batch, learning_rate=lr_for(kind),
+                                 seed=seed, log_interval=max(1, size.clf_steps // 4))
             print(f"\n[genre] {name}: {rep['trainable']:,} trainable ({rep['percent']:.2f}%)", file=stream, flush=True)
             res = train_classifier(clf, Xtr, ytr, fc, stream=stream)
             row["sec_per_step"] = res["sec_per_step"]
             row["final_train_loss"] = float(np.mean(res["loss"][-20:]))
-            row["peak_mb"] = peak_memory_mb(train_step_fn(clf, Xtr, ytr, fc), repeats=1)
         row["accuracy"] = accuracy(clf, Xte, yte)
+        if kind != "none":                                        # after the metric: it trains
+            row["peak_mb"] = peak_memory_mb(train_step_fn(clf, Xtr, ytr, measured(fc)), repeats=1)
         print(f"[genre] {name}: test accuracy {row['accuracy']:.3f}", file=stream, flush=True)
         clf_rows.append(row)
 
     return task, nb_acc, ytr, yte, clf_rows
 
 
-def remeasure(out_dir="out/bench_peft", size_name="full", steps=12, stream=None, seed=0):
+def remeasure(out_dir="out/peft_comparison", size_name="full", steps=12, stream=None, seed=0):
     """Time every row's training step again, one row after another on a quiet machine, and
     rewrite the JSON, table and plot: s/step is the median of ``steps`` steps after two warm-up
     steps, on the same batch shapes as the run; peak memory as in the run.  The metrics are
@@ -243,7 +252,6 @@ def remeasure(out_dir="out/bench_peft", size_name="full", steps=12, stream=None,
     path = out / f"bench_peft_{size_name}.json"
     result = json.loads(path.read_text())
     mc = GPTConfig.from_dict(result["model"])
-    tc = TrainConfig.from_dict(result["pretrain"])
     from minilm.checkpoint import load_checkpoint
     base_dir = out / f"base-{result.get('corpus', 'shakespeare')}"
     ckpt = load_checkpoint(base_dir / "best")
@@ -262,8 +270,8 @@ def remeasure(out_dir="out/bench_peft", size_name="full", steps=12, stream=None,
         for row, (name, kind, cfg) in zip(result[key], methods(size)):
             if kind == "none" or "sec_per_step" not in row:
                 continue
-            fc = FinetuneConfig(steps=steps, batch_size=size.clf_batch if key == "genre" else size.lm_batch,
-                                lr=lr_for(kind), seed=seed)
+            fc = measured(finetune_config(max_steps=steps, learning_rate=lr_for(kind), seed=seed,
+                                           batch_size=size.clf_batch if key == "genre" else size.lm_batch))
             if key == "genre":
                 model = prepare(GPTClassifier(fresh_gpt(), 3, generator=Generator(seed)), kind, cfg, ("score.*",))
                 step = train_step_fn(model, Xc, yc, fc)
@@ -366,7 +374,7 @@ def plot(result, path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI-sized: tiny base, few steps")
-    ap.add_argument("--out", default="out/bench_peft", help="where the base, table, JSON and plot go")
+    ap.add_argument("--out", default="out/peft_comparison", help="where the base, table, JSON and plot go")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--corpus", choices=("shakespeare", "sample"), default="shakespeare",
                     help="sample: the packaged 3-work sample, no network, task B only")

@@ -25,8 +25,6 @@ layer, added with weight ``hidden_weight`` (DistilBERT's cosine loss).
 """
 from __future__ import annotations
 
-import math
-import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -159,22 +157,25 @@ def hidden_loss(h_s, h_t, kind: str = "cosine"):
 
 
 # ---- models: logits and hidden states ---------------------------------------------------------------
-def _gpt_and_head(model):
-    from .models import GPT, GPTClassifier
-    if isinstance(model, GPT):
-        return model, None
-    if isinstance(model, GPTClassifier):
-        return model.gpt, model
-    raise TypeError(f"distillation works on a minilm GPT or GPTClassifier, got {type(model).__name__}")
+def width_and_depth(model) -> tuple[int, int]:
+    """(d, L) of ``model``'s body: GPT's n_embd / n_layer, BERT's hidden_size / num_hidden_layers."""
+    config = model.base_model.config
+    for d, L in (("n_embd", "n_layer"), ("hidden_size", "num_hidden_layers")):
+        if hasattr(config, d) and hasattr(config, L):
+            return getattr(config, d), getattr(config, L)
+    raise TypeError(f"distillation: cannot read the width and depth of a {type(model).__name__} "
+                    f"(its body's config is a {type(config).__name__}, with neither n_embd/n_layer nor "
+                    "hidden_size/num_hidden_layers)")
 
 
-def forward_with_states(model, idx, attention_mask=None):
-    """(logits, [H⁰ … Hᴸ]) of a GPT (logits (B, T, V)) or a GPTClassifier (logits (B, C))."""
-    gpt, clf = _gpt_and_head(model)
-    layers, final = gpt.hidden_states(idx, attention_mask=attention_mask, all_layers=True)
-    if clf is None:
-        return final @ gpt.transformer.wte.weight.T, layers        # G1, (B, T, V)
-    return clf.score(clf.pool(final, attention_mask)), layers      # (B, C)
+def logits_and_states(model, input_ids, attention_mask=None):
+    """(logits, [H⁰ … Hᴸ]) through the model interface: a GPT's (B, T, V), a classifier's (B, C),
+    a masked LM's (B, T, V); Hˡ the body's layer outputs before any final LayerNorm."""
+    out = model(input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    if out.logits is None:
+        raise TypeError(f"distillation: {type(model).__name__} returns no logits (a body without a head?); "
+                        "distil a model with an LM or classification head")
+    return out.logits, out.hidden_states
 
 
 def student_from_teacher(teacher, layers):
@@ -182,7 +183,9 @@ def student_from_teacher(teacher, layers):
     initialisation: take every other layer), with its embeddings and final LayerNorm."""
     from dataclasses import replace
     from .models import GPT
-    gpt, _ = _gpt_and_head(teacher)
+    gpt = teacher.base_model
+    if not isinstance(gpt, GPT):
+        raise TypeError(f"student_from_teacher: the teacher's body must be a minilm GPT, got {type(gpt).__name__}")
     L = gpt.config.n_layer
     layers = list(layers)
     bad = [l for l in layers if not 0 <= l < L]
@@ -216,6 +219,9 @@ class DistillConfig:
 class Distiller:
     """Trains a student on K1 against a frozen teacher: ``loss, parts = distiller.loss(x, y)``.
 
+    Teacher and student are any minilm models with logits (GPT, GPTClassifier, BertForMaskedLM,
+    BertClassifier), read through the model interface (``logits_and_states``).
+
     The teacher runs under no_grad and in eval mode; its logits live only for the step
     (nothing of the teacher is stored across steps).
     """
@@ -225,12 +231,9 @@ class Distiller:
         self.teacher.eval()        # frozen: it runs under no_grad in loss(); its requires_grad flags are left alone
         c = self.config
         if c.hidden_weight:
-            gt, _ = _gpt_and_head(teacher)
-            gs, _ = _gpt_and_head(student)
-            if gt.config.n_embd != gs.config.n_embd:
-                raise ValueError(f"Distiller: hidden-state terms need equal widths, teacher d={gt.config.n_embd}, "
-                                 f"student d={gs.config.n_embd}")
-            Ls, Lt = gs.config.n_layer, gt.config.n_layer
+            (dt, Lt), (ds, Ls) = width_and_depth(teacher), width_and_depth(student)
+            if dt != ds:
+                raise ValueError(f"Distiller: hidden-state terms need equal widths, teacher d={dt}, student d={ds}")
             self.layer_map = list(c.layer_map) if c.layer_map else \
                 [round((l + 1) * Lt / Ls) - 1 for l in range(Ls)]           # student block l ↔ teacher block
             if len(self.layer_map) != Ls or not all(0 <= j < Lt for j in self.layer_map):
@@ -240,8 +243,8 @@ class Distiller:
     def loss(self, x, y=None, attention_mask=None):
         c = self.config
         with no_grad():
-            z_t, h_t = forward_with_states(self.teacher, x, attention_mask)
-        z_s, h_s = forward_with_states(self.student, x, attention_mask)
+            z_t, h_t = logits_and_states(self.teacher, x, attention_mask)
+        z_s, h_s = logits_and_states(self.student, x, attention_mask)
         loss, parts = distillation_loss(z_s, z_t, y, c.T, c.lam, return_parts=True)
         if c.hidden_weight:
             h = sum((hidden_loss(h_s[l + 1], h_t[j + 1], c.hidden) for l, j in enumerate(self.layer_map)),
@@ -253,40 +256,18 @@ class Distiller:
 
 
 def distill_lm(distiller: Distiller, train_ids, config, stream=None) -> dict:
-    """Distil a causal LM on random blocks of ``train_ids`` (y = x shifted), with the optimizer and
-    schedule of pretraining (AdamW with weight-decay groups, warmup + cosine, clipping) from
-    ``config`` (a minilm.train.TrainConfig), so a distilled student and one trained from scratch
-    differ only in the loss."""
+    """Distil a causal LM on random blocks of ``train_ids`` (y = x shifted) on the one Trainer:
+    pretraining's optimizer and schedule (AdamW with weight-decay groups, warmup + cosine,
+    clipping) from ``config`` (a minilm.train.TrainConfig), so a distilled student and one trained
+    from scratch differ only in the loss (K1).  Returns {"loss", "ce", "kl"}: per-step lists."""
     from .data.batches import RandomBatches
-    from .optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, warmup_cosine_scheduler
-    from .train import Progress
+    from .train import Trainer
 
     student = distiller.student
-    gpt, _ = _gpt_and_head(student)
-    T = gpt.config.block_size
-    c = config
-    opt = AdamW(param_groups_for_weight_decay(student, c.weight_decay), lr=c.learning_rate, betas=(c.beta1, c.beta2))
-    sched = warmup_cosine_scheduler(opt, c.max_iters, min(c.warmup_iters, c.max_iters),
-                                    min_lr_ratio=c.min_lr / c.learning_rate)
-    batches = RandomBatches(np.asarray(train_ids), T, c.batch_size, seed=c.seed)
-    progress = Progress(c.max_iters, every=c.log_interval, stream=stream or sys.stdout)
-    student.train()
-    history = {"loss": [], "ce": [], "kl": []}
-    for step in range(c.max_iters):
-        x, y = batches()
-        loss, parts = distiller.loss(Tensor(x), Tensor(y))
-        opt.zero_grad()
-        loss.backward()
-        if c.grad_clip > 0:
-            clip_grad_norm([p for p in student.parameters() if p.requires_grad], c.grad_clip)
-        opt.step()
-        sched.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"distillation loss became {value} at step {step}")
-        history["loss"].append(value)
-        history["ce"].append(parts["ce"])
-        history["kl"].append(parts["kl"])
-        progress.update(step, value, c.batch_size * T, opt.param_groups[0]["lr"])
-    student.eval()
-    return history
+    T = student.base_model.config.block_size
+    batches = RandomBatches(np.asarray(train_ids), T, config.batch_size, seed=config.seed)
+    trainer = Trainer(student, config, batches,
+                      loss_fn=lambda model, batch: distiller.loss(batch["input_ids"], batch["labels"]),
+                      stream=stream)
+    result = trainer.fit()
+    return {"loss": result["loss"], "ce": trainer.history["ce"], "kl": trainer.history["kl"]}

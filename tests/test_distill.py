@@ -1,14 +1,21 @@
 """Knowledge distillation (Eq. K1): the loss, its gradient, the T² scaling, the Distiller."""
+import os
+
 import numpy as np
 import pytest
 
 import minilm
-from helpers import host, to_tensor
-from minilm import backend
-from minilm.distill import (DistillConfig, Distiller, distillation_loss, forward_with_states, hidden_loss,
-                            student_from_teacher)
-from minilm.models import GPT, GPTClassifier, GPTConfig
+from helpers import host, tiny_bert, tiny_gpt, to_tensor, token_ids
+from minilm.distill import (DistillConfig, Distiller, distill_lm, distillation_loss, hidden_loss,
+                            logits_and_states, student_from_teacher, width_and_depth)
+from minilm.models import GPTClassifier
+from minilm.models.bert import BertClassifier
 from minilm.tensor import Generator
+from minilm.train import TrainConfig
+
+CFG = dict(vocab_size=20, block_size=8, n_head=2)
+BERT = dict(vocab_size=20, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=8, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def _softmax(z):
@@ -129,8 +136,8 @@ def test_hidden_loss(kind, device):
     assert abs(float(host(hidden_loss(to_tensor(hs, device), to_tensor(hs, device), kind)))) < 1e-7
 
 
-def _gpt(n_layer=4, d=16, seed=0):
-    return GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=n_layer, n_head=2, n_embd=d), generator=Generator(seed))
+def _gpt(n_layer=4, d=16, seed=0, device="cpu", dtype=None):
+    return tiny_gpt(device, seed, dtype, n_layer=n_layer, n_embd=d, **CFG)
 
 
 def test_student_from_teacher_layers():
@@ -142,20 +149,20 @@ def test_student_from_teacher_layers():
     np.testing.assert_array_equal(ss["transformer.wte.weight"], ts["transformer.wte.weight"])
     # blocks [0..L-1] in order give back the teacher exactly
     x = np.random.default_rng(0).integers(0, 20, (2, 8))
-    np.testing.assert_array_equal(student_from_teacher(teacher, range(4))(x)[0].numpy(), teacher(x)[0].numpy())
+    np.testing.assert_array_equal(student_from_teacher(teacher, range(4))(x).logits.numpy(), teacher(x).logits.numpy())
     with pytest.raises(ValueError, match="subset of 0..3"):
         student_from_teacher(teacher, [1, 4])
+    with pytest.raises(TypeError, match="must be a minilm GPT"):
+        student_from_teacher(BertClassifier(tiny_bert(**BERT), 3), [0])
 
 
 @pytest.mark.parametrize("hidden_weight", [0.0, 0.5])
 def test_distiller_trains_only_the_student_and_gradchecks(hidden_weight, device):
-    teacher, student = _gpt(4, seed=0), student_from_teacher(_gpt(4, seed=1), [1, 3])
-    teacher.double().to(device)
-    student.double().to(device)
+    teacher = _gpt(4, seed=0, device=device, dtype=np.float64)
+    student = student_from_teacher(_gpt(4, seed=1), [1, 3]).double().to(device)
     before = {k: host(v).copy() for k, v in teacher.state_dict().items()}
     d = Distiller(teacher, student, DistillConfig(T=2.0, lam=0.5, hidden_weight=hidden_weight))
-    x = to_tensor(np.random.default_rng(0).integers(0, 20, (2, 8)), device)
-    y = to_tensor(np.random.default_rng(1).integers(0, 20, (2, 8)), device)
+    x, y = token_ids((2, 8), 20, device, seed=0), token_ids((2, 8), 20, device, seed=1)
     loss, parts = d.loss(x, y)
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -185,8 +192,12 @@ def test_distiller_for_a_classifier():
     student = GPTClassifier(student_from_teacher(teacher.gpt, [0, 3]), 3, generator=Generator(1))
     d = Distiller(teacher, student, DistillConfig(T=4.0, lam=0.9))
     x = np.random.default_rng(0).integers(0, 20, (4, 8))
-    logits, layers = forward_with_states(student, minilm.tensor(x))
-    assert logits.shape == (4, 3) and len(layers) == 3
+    logits, layers = logits_and_states(student, minilm.tensor(x))
+    assert logits.shape == (4, 3) and len(layers) == 3                     # [H⁰, H¹, H²]
+    # the states are the body's layer outputs, before ln_f: GPT.hidden_states(all_layers=True)'s list
+    want, _ = student.gpt.hidden_states(minilm.tensor(x), all_layers=True)
+    for got, w in zip(layers, want):
+        np.testing.assert_array_equal(got.numpy(), w.numpy())
     loss, parts = d.loss(minilm.tensor(x), minilm.tensor(np.array([0, 1, 2, 0])))
     loss.backward()
     np.testing.assert_allclose(loss.item(), 0.1 * parts["ce"] + 0.9 * 16 * parts["kl"], rtol=1e-6)
@@ -210,3 +221,39 @@ def test_distiller_leaves_the_teachers_flags_alone():
     assert all(p.grad is None for p in teacher.parameters())
     d1 = Distiller(teacher, student, DistillConfig(lam=1.0))
     assert d1.loss(x, x)[1]["ce"] > 0                            # still reported when it has no weight
+
+
+def test_distiller_for_bert_classifiers():
+    """The same Distiller through the model interface: BERT heads, a padding mask, hidden-state terms."""
+    teacher = BertClassifier(tiny_bert(seed=0, **BERT), 3, generator=Generator(0))
+    student = BertClassifier(tiny_bert(seed=1, **{**BERT, "num_hidden_layers": 1}), 3, generator=Generator(1))
+    assert width_and_depth(teacher) == (16, 2) and width_and_depth(student) == (16, 1)
+    d = Distiller(teacher, student, DistillConfig(T=2.0, lam=0.5, hidden_weight=1.0))
+    assert d.layer_map == [1]
+    x = token_ids((3, 8), 20, seed=2, low=1)
+    mask = minilm.tensor(np.array([[1] * 8, [1] * 5 + [0] * 3, [1] * 2 + [0] * 6]))
+    loss, parts = d.loss(x, minilm.tensor(np.array([0, 1, 2])), attention_mask=mask)
+    loss.backward()
+    assert {"ce", "kl", "hidden"} <= set(parts)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.classifier.weight.grad is not None
+
+
+def test_width_and_depth_refuses_an_unknown_body():
+    class Odd(minilm.nn.Module):
+        base_model = property(lambda self: self)
+        config = object()
+    with pytest.raises(TypeError, match="n_embd/n_layer"):
+        width_and_depth(Odd())
+
+
+def test_distill_lm_runs_on_the_trainer_and_records_ce_and_kl():
+    teacher, student = _gpt(2, seed=0), _gpt(1, seed=1)
+    ids = np.random.default_rng(0).integers(0, 20, 400)
+    config = TrainConfig(max_steps=5, batch_size=4, warmup_steps=2, eval_interval=0, log_interval=5)
+    history = distill_lm(Distiller(teacher, student, DistillConfig(T=2.0, lam=0.5)), ids, config,
+                         stream=open(os.devnull, "w"))
+    assert set(history) == {"loss", "ce", "kl"} and all(len(v) == 5 for v in history.values())
+    np.testing.assert_allclose(history["loss"], [0.5 * c + 0.5 * 4 * k for c, k in zip(history["ce"], history["kl"])],
+                               rtol=1e-5)
+    assert not student.training                                  # the Trainer leaves it in eval mode
