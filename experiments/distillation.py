@@ -37,7 +37,8 @@ import numpy as np  # noqa: E402
 from peft_comparison import SIZES  # noqa: E402
 from minilm.data.corpus import train_val_split  # noqa: E402
 from minilm.data.genre import genre_task, pretraining_text, split_plays  # noqa: E402
-from minilm.distill import DistillConfig, Distiller, distill_lm  # noqa: E402
+from minilm.distill import DistillConfig, Distiller  # noqa: E402
+from minilm.finetune import distill_lm  # noqa: E402
 from minilm.finetune import ExampleBatches, accuracy, encode_passages, lm_loss, pretrain_base, train_classifier  # noqa: E402
 from minilm.models import GPT, GPTClassifier, GPTConfig  # noqa: E402
 from minilm.tensor import Generator, Tensor, manual_seed, no_grad  # noqa: E402

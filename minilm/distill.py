@@ -253,21 +253,3 @@ class Distiller:
             parts["hidden"] = h.item()
             loss = loss + h * c.hidden_weight
         return loss, parts
-
-
-def distill_lm(distiller: Distiller, train_ids, config, stream=None) -> dict:
-    """Distil a causal LM on random blocks of ``train_ids`` (y = x shifted) on the one Trainer:
-    pretraining's optimizer and schedule (AdamW with weight-decay groups, warmup + cosine,
-    clipping) from ``config`` (a minilm.train.TrainConfig), so a distilled student and one trained
-    from scratch differ only in the loss (K1).  Returns {"loss", "ce", "kl"}: per-step lists."""
-    from .data.batches import RandomBatches
-    from .train import Trainer
-
-    student = distiller.student
-    T = student.base_model.config.block_size
-    batches = RandomBatches(np.asarray(train_ids), T, config.batch_size, seed=config.seed)
-    trainer = Trainer(student, config, batches,
-                      loss_fn=lambda model, batch: distiller.loss(batch["input_ids"], batch["labels"]),
-                      stream=stream)
-    result = trainer.fit()
-    return {"loss": result["loss"], "ce": trainer.history["ce"], "kl": trainer.history["kl"]}

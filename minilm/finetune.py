@@ -28,7 +28,8 @@ from .tensor import no_grad
 from .train import TrainConfig, Trainer, finetune_config, lm_trainer, to_tensors
 
 __all__ = ["TrainConfig", "finetune_config", "encode_passages", "train_classifier", "predict", "accuracy",
-           "train_lm", "lm_loss", "peak_memory_mb", "train_step_fn", "pretrain_base"]
+           "train_lm", "lm_loss", "peak_memory_mb", "train_step_fn", "pretrain_base", "distill_lm",
+           "finetune_pruned", "iterative_prune"]
 
 
 def encode_passages(texts, tokenizer, length: int) -> np.ndarray:
@@ -205,6 +206,22 @@ def pretrain_base(text: str, tokenizer, model_config, train_config, out_dir, str
     ckpt.load_into(model)
     stamp.write_text(json.dumps(key))
     return model.eval()
+
+
+# ---- distilling a language model ---------------------------------------------------------------
+def distill_lm(distiller, train_ids, config: TrainConfig, stream=None) -> dict:
+    """Distil a causal LM on random blocks of ``train_ids`` (y = x shifted) on the one Trainer with
+    the Distiller (minilm.distill, K1) as its loss function: pretraining's optimizer and schedule
+    from ``config``, so a distilled student and one trained from scratch differ only in the loss.
+    Returns {"loss", "ce", "kl"}: per-step lists."""
+    student = distiller.student
+    T = student.base_model.config.block_size
+    batches = RandomBatches(np.asarray(train_ids), T, config.batch_size, seed=config.seed)
+    trainer = Trainer(student, config, batches,
+                      loss_fn=lambda model, batch: distiller.loss(batch["input_ids"], batch["labels"]),
+                      stream=stream)
+    result = trainer.fit()
+    return {"loss": result["loss"], "ce": trainer.history["ce"], "kl": trainer.history["kl"]}
 
 
 # ---- recovering a pruned model ------------------------------------------------------------------

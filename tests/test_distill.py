@@ -6,8 +6,9 @@ import pytest
 
 import minilm
 from helpers import host, tiny_bert, tiny_gpt, to_tensor, token_ids
-from minilm.distill import (DistillConfig, Distiller, distill_lm, distillation_loss, hidden_loss,
+from minilm.distill import (DistillConfig, Distiller, distillation_loss, hidden_loss,
                             logits_and_states, student_from_teacher, width_and_depth)
+from minilm.finetune import distill_lm
 from minilm.models import GPTClassifier
 from minilm.models.bert import BertClassifier
 from minilm.tensor import Generator
