@@ -121,13 +121,14 @@ def test_what_a_model_tells_about_itself():
     assert gpt.base_model is gpt and clf.base_model is gpt and clf.config is gpt.config
     assert list(clf.layers()) == list(gpt.layers()) and len(gpt.layers()) == 2
     assert gpt.attention_shape(0) == (1, 4) and clf.attention_shape(1) == (2, 4)
-    assert clf.fused_qkv == () and gpt.fused_qkv == ("c_attn",) and clf.head_patterns == ("score.*",)
+    assert clf.fused_qkv == gpt.fused_qkv == ("c_attn",) and clf.head_patterns == ("score.*",)
     assert all(layer.adapter_width == 8 and layer.adapter_attn is None for layer in gpt.layers())
     bert = tiny_bert(**BERT_TINY)
     mlm = BertForMaskedLM(bert.config, bert=bert)
     bc = BertClassifier(bert, 2)
     assert mlm.base_model is bert and bc.base_model is bert and len(bc.layers()) == 2
     assert bc.attention_shape(0) == (2, 4) and bc.head_patterns == ("classifier.*",)
+    assert bert.fused_qkv == bc.fused_qkv == ()             # separate query / key / value
     assert gpt.device == clf.device == bert.device == "cpu"
 
 

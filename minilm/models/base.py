@@ -132,6 +132,27 @@ def real_positions(h: Tensor, attention_mask, who: str = "pool"):
     return mask_array(attention_mask, (B, T), h.device, who) != 0
 
 
+# ---- attention -----------------------------------------------------------------------------
+
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask=None, prefix_kv=None) -> Tensor:
+    """softmax(q kᵀ/√hs, masked) v per head, with Prefix-Tuning's keys and values (P1) in front:
+
+        q, k, v (B, H, T, hs); prefix_kv = (P_k, P_v), each (B, H, m, hs), or None
+        K = [P_k ; k], V = [P_v ; v]  (B, H, m + T, hs)  → (B, H, T, hs)
+
+    Every query sees the m prefix positions (causal or not); key_padding_mask (B, T), True at
+    padding, never hides them.  One fused op (F.scaled_dot_product_attention) for GPT and BERT."""
+    n_prefix = 0
+    if prefix_kv is not None:
+        pk, pv = prefix_kv                                               # each (B, H, m, hs)
+        if pk.shape[1] != q.shape[1]:
+            raise ValueError(f"attention: prefix_kv has {pk.shape[1]} heads but this layer has {q.shape[1]}")
+        k, v = F.concat([pk, k], axis=2), F.concat([pv, v], axis=2)     # (B, H, m + T, hs)
+        n_prefix = pk.shape[2]
+    return F.scaled_dot_product_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
+                                          n_prefix=n_prefix)            # (B, H, T, hs)
+
+
 # ---- pooling: (B, T, d) → (B, d) -------------------------------------------------------------
 
 def masked_mean(h: Tensor, m) -> Tensor:

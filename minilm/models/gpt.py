@@ -36,7 +36,7 @@ from .. import functional as F
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
 from ..nn import init
 from ..tensor import Generator, arange
-from .base import Model, ModelOutput, as_ids, key_padding_mask, token_loss
+from .base import Model, ModelOutput, as_ids, attention, key_padding_mask, token_loss
 
 
 @dataclass
@@ -143,13 +143,8 @@ class CausalSelfAttention(Module):
         q = q.reshape(B, T, H, hs).permute(0, 2, 1, 3)             # (B, H, T, hs)
         k = k.reshape(B, T, H, hs).permute(0, 2, 1, 3)             # (B, H, T, hs)
         v = v.reshape(B, T, H, hs).permute(0, 2, 1, 3)             # (B, H, T, hs)
-        n_prefix = 0
-        if prefix_kv is not None:                                  # P1: learned keys/values in front
-            pk, pv = prefix_kv                                     # each (B, H, m, hs)
-            k, v = F.concat([pk, k], axis=2), F.concat([pv, v], axis=2)   # (B, H, m + T, hs)
-            n_prefix = pk.shape[2]
-        y = F.scaled_dot_product_attention(q, k, v, causal=True, key_padding_mask=key_padding_mask,
-                                           n_prefix=n_prefix)      # (B, H, T, hs)
+        y = attention(q, k, v, causal=True, key_padding_mask=key_padding_mask,
+                      prefix_kv=prefix_kv)                         # P1's prefix in front: (B, H, T, hs)
         y = y.permute(0, 2, 1, 3).reshape(B, T, H * hs)            # (B, T, H, hs) -> (B, T, H·hs)
         return self.resid_dropout(self.c_proj(y))                  # (B, T, H·hs) -> (B, T, C)
 
