@@ -25,7 +25,6 @@ continues with exactly the losses the uninterrupted run would have had.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -92,6 +91,21 @@ def finetune_config(**overrides) -> TrainConfig:
     base = dict(max_steps=400, batch_size=16, learning_rate=1e-3, min_lr_ratio=0.1, warmup_steps=20,
                 weight_decay=0.0, beta2=0.999, eval_interval=0, log_interval=50, seed=0)
     return TrainConfig(**{**base, **overrides})
+
+
+class _Silent:
+    """A stream that drops what is written: a quiet run's progress line (no file is opened)."""
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+_SILENT = _Silent()
 
 
 class Progress:
@@ -319,7 +333,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
         progress = Progress(c.max_steps, start=self.step, every=c.log_interval,
-                            stream=open(os.devnull, "w") if self.quiet else self.stream)
+                            stream=_SILENT if self.quiet else self.stream)
         stopped_early = False
         while self.step < c.max_steps:
             lr = self.optimizer.param_groups[0]["lr"]
