@@ -5,6 +5,19 @@ against central differences and against PyTorch in tests/.  Axis arguments
 follow NumPy (``axis=``, ``keepdims=``).  These wrappers validate their inputs
 -- so that a mistake is reported in the caller's terms (shapes, dtypes, ids)
 -- and hand the arrays to the ops in :mod:`minilm.ops`.
+
+Dtypes, as in PyTorch.  Elementwise ops with two or more operands (add, sub,
+mul, div, pow, where, concat, stack) promote: the operand of the higher kind
+(bool < integer < floating) gives its dtype, so int64 with float32 is float32,
+never float64; within one kind the wider wins (float16 with float32 is
+float32).  A 0-d tensor counts only when its kind is higher than every
+dimensioned operand's, and a Python or NumPy scalar only when its kind is
+higher than every tensor's -- then it gives that kind's default dtype (int64,
+float32): float32 * 2.5 stays float32, float16 * np.float64(2) stays
+float16, int64 * 2.5 is float32.  True division of integers gives float32.
+Linear algebra (matmul, linear, attention) does not promote: operands of
+different dtypes are refused, naming both.  float16 computes its sums in
+float32 (see minilm.ops.reduce).
 """
 from __future__ import annotations
 
@@ -19,7 +32,7 @@ from .ops.elementwise import GELU, Add, Div, Exp, Log, Mul, Neg, Pow, ReLU, Sigm
 from .ops.attention import _MASK_VALUE, ScaledDotProductAttention, blocked_positions
 from .ops.matmul import Linear, MatMul
 from .ops.nn import CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, Softmax
-from .ops.reduce import LogSumExp, Max, Sum, _normalize_axis
+from .ops.reduce import LogSumExp, Max, Mean, Sum, _normalize_axis
 from .ops.shape import (AsType, BroadcastTo, Concat, GetItem, MaskedFill, Permute, Reshape, Stack,
                         ToDevice, Where)
 
@@ -41,7 +54,92 @@ def _shape_of(x):
     return tuple(getattr(x, "shape", ()))
 
 
+# ---- dtype promotion (the rule is in the module docstring) ---------------------------
+
+_KIND_RANK = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
+_SCALAR_DTYPE = (np.dtype(np.bool_), np.dtype(np.int64), np.dtype(np.float32), np.dtype(np.complex64))
+
+
+def _is_scalar(x):
+    return isinstance(x, (bool, int, float, complex, np.generic))
+
+
+def _promote_group(dtypes):
+    """One dtype for operands of equal standing: the highest kind's, the widest within that kind."""
+    top = builtins.max(_KIND_RANK[d.kind] for d in dtypes)
+    return np.result_type(*(d for d in dtypes if _KIND_RANK[d.kind] == top))
+
+
+def _result_dtype(operands):
+    """The dtype an elementwise op on ``operands`` (tensors, arrays, scalars) returns."""
+    dims, zero_d, scalars = [], [], []
+    for x in operands:
+        if _is_scalar(x):
+            scalars.append(_SCALAR_DTYPE[_KIND_RANK[np.asarray(x).dtype.kind]])
+        elif hasattr(x, "dtype"):
+            (dims if x.ndim else zero_d).append(np.dtype(x.dtype))
+    dtype = None
+    for group in (dims, zero_d, scalars):
+        if group:
+            d = _promote_group(group)
+            if dtype is None or _KIND_RANK[d.kind] > _KIND_RANK[dtype.kind]:
+                dtype = d
+    return dtype
+
+
+_PY_SCALAR_KIND = {bool: "b", int: "i", float: "f"}
+
+
+def _nothing_to_promote(operands, true_division):
+    """The common case, decided quickly: tensors of one dtype, and Python scalars of no higher kind."""
+    dtype, kinds = None, ""
+    for x in operands:
+        if type(x) is Tensor:
+            if dtype is None:
+                dtype = x.data.dtype
+            elif x.data.dtype != dtype:
+                return False
+        elif type(x) in _PY_SCALAR_KIND:
+            kinds += _PY_SCALAR_KIND[type(x)]
+        else:
+            return False
+    if dtype is None or (true_division and dtype.kind != "f"):
+        return False
+    return dtype.kind == "f" or "f" not in kinds and (dtype.kind != "b" or "i" not in kinds)
+
+
+def _promote(operands, true_division=False):
+    """``operands`` in the result dtype: tensors and arrays cast (differentiably), NumPy scalars made
+    Python scalars (which NumPy never lets change an array's dtype); Python scalars as they are."""
+    if _nothing_to_promote(operands, true_division):
+        return operands
+    dtype = _result_dtype(operands)
+    if dtype is None:                        # nothing with a dtype (lists, say): NumPy decides
+        return operands
+    if true_division and dtype.kind in "biu":
+        dtype = np.dtype(np.float32)
+    out = []
+    for x in operands:
+        if isinstance(x, np.generic):
+            x = x.item()
+        elif isinstance(x, Tensor):
+            x = x if x.dtype == dtype else astype(x, dtype)
+        elif hasattr(x, "dtype") and x.dtype != dtype:
+            x = x.astype(dtype)
+        out.append(x)
+    return out
+
+
+def _same_dtype(name, **operands):
+    """Refuse operands of a linear-algebra op whose dtypes differ (no silent promotion, as in PyTorch)."""
+    given = {label: t for label, t in operands.items() if t is not None}
+    if len({np.dtype(t.dtype) for t in given.values()}) > 1:
+        what = ", ".join(f"{label} is {t.dtype} (shape {_shape_of(t)})" for label, t in given.items())
+        raise TypeError(f"{name}: operands must share one dtype, got {what}; cast one with .astype(...) first")
+
+
 def _binary(op, a, b, name):
+    a, b = _promote((a, b), true_division=op is Div)
     try:
         return op.apply(a, b)
     except ValueError:
@@ -150,9 +248,7 @@ def sum(x, axis=None, keepdims: bool = False):
 
 def mean(x, axis=None, keepdims: bool = False):
     """Σx / n, n the number of elements reduced."""
-    axes = _normalize_axis(axis, x.ndim)
-    n = math.prod(x.shape[a] for a in axes)
-    return mul(Sum.apply(x, axis=axes, keepdims=keepdims), 1.0 / n)
+    return Mean.apply(x, axis=axis, keepdims=keepdims)
 
 
 def max(x, axis=None, keepdims: bool = False):
@@ -162,6 +258,8 @@ def max(x, axis=None, keepdims: bool = False):
 
 def var(x, axis=None, keepdims: bool = False, ddof: int = 0):
     """mean((x − mean(x))²) · n / (n − ddof): NumPy's ``var`` (ddof=0, the biased form)."""
+    if x.dtype == np.float16:                # (x − mean)² overflows float16 past |x − mean| = 256
+        return astype(var(astype(x, np.float32), axis, keepdims, ddof), np.float16)
     axes = _normalize_axis(axis, x.ndim)
     n = math.prod(x.shape[a] for a in axes)
     centred = sub(x, mean(x, axis=axes, keepdims=True))
@@ -176,6 +274,7 @@ def matmul(a, b):
     sa, sb = _shape_of(a), _shape_of(b)
     if len(sa) == 0 or len(sb) == 0:
         raise ValueError(f"matmul: both operands need at least one dimension, got shapes {sa} and {sb}")
+    _same_dtype("matmul", a=a, b=b)
     if sa[-1] != (sb[-2] if len(sb) > 1 else sb[0]):
         raise ValueError(f"matmul: shapes {sa} and {sb} do not line up: a has {sa[-1]} columns, "
                          f"b has {sb[-2] if len(sb) > 1 else sb[0]} rows")
@@ -202,6 +301,7 @@ def linear(x, weight, bias=None):
                          f"(its last axis must be {weight.shape[0]})")
     if bias is not None and bias.shape != weight.shape[1:]:
         raise ValueError(f"linear: bias of shape {bias.shape} does not fit weight of shape {weight.shape}")
+    _same_dtype("linear", input=x, weight=weight, bias=bias)
     return Linear.apply(x, weight, bias)
 
 
@@ -286,7 +386,7 @@ def concat(tensors, axis: int = 0):
         raise ValueError("concat: needs at least one tensor")
     ax = _one_axis(tensors[0], axis, "concat")
     _check_same_shapes(tensors, ax, "concat")
-    return Concat.apply(*tensors, axis=ax)
+    return Concat.apply(*_promote(tensors), axis=ax)
 
 
 def stack(tensors, axis: int = 0):
@@ -296,7 +396,7 @@ def stack(tensors, axis: int = 0):
     ndim = tensors[0].ndim + 1
     if not -ndim <= axis < ndim:
         raise ValueError(f"stack: axis {axis} is out of range for {ndim}-d output")
-    return Stack.apply(*tensors, axis=axis % ndim)
+    return Stack.apply(*_promote(tensors), axis=axis % ndim)
 
 
 def split(x, indices_or_sections, axis: int = 0):
@@ -342,7 +442,7 @@ def where(cond, a, b):
     except ValueError:
         raise ValueError(f"where: shapes {shapes[0]} (cond), {shapes[1]} (a) and {shapes[2]} (b) "
                          "do not broadcast") from None
-    return Where.apply(c, a, b)
+    return Where.apply(c, *_promote((a, b)))
 
 
 def masked_fill(x, mask, value: float):
@@ -447,6 +547,7 @@ def _attention_args(q, k, v, causal, key_padding_mask, scale, n_prefix, name):
     for label, t in (("q", q), ("k", k), ("v", v)):
         if t.ndim != 4:
             raise ValueError(f"{name}: {label} must be (B, H, T, D), got shape {t.shape}")
+    _same_dtype(name, q=q, k=k, v=v)
     B, H, T, D = q.shape
     S = k.shape[2]
     if k.shape[:2] != (B, H) or v.shape[:2] != (B, H) or k.shape[3] != D or v.shape[2] != S:

@@ -15,12 +15,18 @@ key blocks with an online softmax and never holds the T×S matrix.  On "cuda"
 (and on "strict", which tests that code path without a GPU) they are composed
 from the array module's batched matmuls.  The readable definition, made of
 ordinary differentiable ops, is F.scaled_dot_product_attention_reference.
+
+float16 q, k, v are lifted to float32 at the op's door (``upcast``, reduce.py):
+the kernel and the composed path then run in float32 -- scores, the row max,
+lse and every gradient accumulate there -- and O, dq, dk, dv are rounded back
+to float16.  The arrays saved for the backward are those float32 copies.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..function import Function, device_of, get_array_module
+from .reduce import downcast, upcast
 
 _MASK_VALUE = -1e30  # finite, so that a fully masked row never produces NaN
 _causal_cache: dict = {}
@@ -66,21 +72,27 @@ class ScaledDotProductAttention(Function):
         if ctx.empty:
             ctx.shapes = (q.shape, k.shape, v.shape)
             return xp.zeros((B, H, T, Dv), dtype=q.dtype)                  # (B, H, T, Dv), empty
+        dtype, q, k, v = q.dtype, upcast(q), upcast(k), upcast(v)        # float16 -> float32
         if xp is np:
             from ..kernels import attention_cpu as kernel
             q3, k3, v3 = (np.ascontiguousarray(a).reshape(B * H, a.shape[2], a.shape[3]) for a in (q, k, v))  # (BH, ·, ·)
             o, lse = kernel.forward(q3, k3, v3, scale, causal, n_prefix, key_padding, H)
             ctx.save_for_backward(q3, k3, v3, o, lse)
-            return o.reshape(B, H, T, Dv)
+            return downcast(o.reshape(B, H, T, Dv), dtype)
         p, lse = _probabilities(xp, q, k, ctx)                             # P (B, H, T, S), lse (B, H, T, 1)
         o = p @ v                                                          # (B, H, T, Dv)
         ctx.save_for_backward(q, k, v, o, lse)
-        return o
+        return downcast(o, dtype)
 
     def backward(ctx, do):
         xp = get_array_module(do)
         if ctx.empty:                                                      # an empty output has zero gradient
             return tuple(xp.zeros(shape, dtype=do.dtype) for shape in ctx.shapes)
+        dtype, do = do.dtype, upcast(do)
+        return tuple(downcast(grad, dtype) for grad in ctx._backward(xp, do))
+
+    def _backward(ctx, xp, do):
+        """(dq, dk, dv) in the dtype the forward computed in."""
         if xp is np:
             from ..kernels import attention_cpu as kernel
             q3, k3, v3, o, lse = ctx.saved

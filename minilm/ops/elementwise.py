@@ -2,7 +2,9 @@
 
 Notation: g = ∂L/∂y is the incoming gradient, of y's shape; ⊙ is the
 elementwise product; every result ∂L/∂x is summed back to x's shape
-(`unbroadcast`) when x was broadcast.
+(`unbroadcast`) when x was broadcast.  That sum is the only reduction here,
+so it is the only place float16 is lifted to float32 (see reduce.py).  The
+operands arrive with their dtypes already promoted (minilm.functional).
 """
 from __future__ import annotations
 
@@ -10,11 +12,20 @@ import math
 
 from .. import strict
 from ..backend import device_of
-from ..function import Function, get_array_module, unbroadcast
+from ..function import Function, get_array_module
+from ..function import unbroadcast as _unbroadcast
+from .reduce import downcast, upcast
 
 
 def _shape(x):
     return getattr(x, "shape", ())
+
+
+def unbroadcast(g, shape):
+    """``minilm.function.unbroadcast``, summing float16 in float32."""
+    if tuple(g.shape) == tuple(shape):
+        return g
+    return downcast(_unbroadcast(upcast(g), shape), g.dtype)
 
 
 class Add(Function):
@@ -192,16 +203,18 @@ def erf(x):
     NumPy and CuPy do not spell it the same, so the device picks the implementation:
     "cuda" cupyx.scipy.special.erf; "cpu" the Numba kernel minilm.kernels.special.erf
     (imported, and compiled, on the first call); "strict" that kernel on the unwrapped
-    array, rewrapped.  A plain array function, not an op: no gradient.
+    array, rewrapped.  float16 is evaluated in float32 and rounded back (the kernels
+    have float32 and float64 loops).  A plain array function, not an op: no gradient.
     """
     device = device_of(x)
+    if device == "strict":
+        return strict.wrap(erf(strict.unwrap(x, "erf")))
+    xa = upcast(x)                               # float16 is computed in float32 and rounded back
     if device == "cuda":
         import cupyx.scipy.special
-        return cupyx.scipy.special.erf(x)
+        return downcast(cupyx.scipy.special.erf(xa), x.dtype)
     from ..kernels import special                # Numba: loaded on first use, not on import minilm
-    if device == "strict":
-        return strict.wrap(special.erf(strict.unwrap(x, "erf")))
-    return special.erf(x)
+    return downcast(special.erf(xa), x.dtype)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

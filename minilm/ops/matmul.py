@@ -1,9 +1,16 @@
-"""Matrix product, batched, with NumPy's broadcasting of the batch dims."""
+"""Matrix product, batched, with NumPy's broadcasting of the batch dims.
+
+Every product here is a sum over k (and the weight gradients a sum over all
+rows), so float16 operands are multiplied in float32 and the result rounded
+back (``upcast``/``downcast``, reduce.py), as PyTorch does; float32 and float64
+compute as they are.  Operands must share one dtype (minilm.functional checks).
+"""
 from __future__ import annotations
 
 import math
 
 from ..function import Function, unbroadcast
+from .reduce import downcast, upcast
 
 
 class MatMul(Function):
@@ -18,22 +25,26 @@ class MatMul(Function):
 
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
+        dtype, a, b = a.dtype, upcast(a), upcast(b)
         if b.ndim == 2 and a.ndim > 2:
             k, m = b.shape
-            return (a.reshape(-1, k) @ b).reshape(a.shape[:-1] + (m,))  # (..., n, k) -> (N, k) -> (..., n, m)
-        return a @ b
+            y = (a.reshape(-1, k) @ b).reshape(a.shape[:-1] + (m,))   # (..., n, k) -> (N, k) -> (..., n, m)
+            return downcast(y, dtype)
+        return downcast(a @ b, dtype)
 
     def backward(ctx, g):
         a, b = ctx.saved
         na, nb = ctx.needs_input_grad
+        dtype, a, b, g = g.dtype, upcast(a), upcast(b), upcast(g)
         da = db = None
         if na:
-            da = unbroadcast(g @ b.swapaxes(-1, -2), a.shape)
+            da = downcast(unbroadcast(g @ b.swapaxes(-1, -2), a.shape), dtype)
         if nb:
             if b.ndim == 2 and a.ndim > 2:
                 db = a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])  # (k, N) @ (N, m)
             else:
                 db = unbroadcast(a.swapaxes(-1, -2) @ g, b.shape)
+            db = downcast(db, dtype)
         return da, db
 
 
@@ -49,18 +60,19 @@ class Linear(Function):
         k, m = weight.shape
         ctx.save_for_backward(x, weight)
         N = math.prod(x.shape[:-1])                                     # rows (also when k = 0: a pruned-away input)
-        y = x.reshape(N, k) @ weight                                    # (N, k) @ (k, m) -> (N, m)
+        y = upcast(x).reshape(N, k) @ upcast(weight)                    # (N, k) @ (k, m) -> (N, m)
         if bias is not None:
-            y += bias
-        return y.reshape(x.shape[:-1] + (m,))                           # (..., m)
+            y += upcast(bias)
+        return downcast(y.reshape(x.shape[:-1] + (m,)), x.dtype)        # (..., m)
 
     def backward(ctx, g):
         x, weight = ctx.saved
         nx, nw, nb = ctx.needs_input_grad
         k, m = weight.shape
         N = math.prod(g.shape[:-1])
+        dtype, x, weight, g = g.dtype, upcast(x), upcast(weight), upcast(g)
         g2 = g.reshape(N, m)                                            # (N, m)
-        dx = (g2 @ weight.T).reshape(x.shape) if nx else None
-        dw = x.reshape(N, k).T @ g2 if nw else None                     # (k, N) @ (N, m)
-        db = g2.sum(axis=0) if nb else None
+        dx = downcast((g2 @ weight.T).reshape(x.shape), dtype) if nx else None
+        dw = downcast(x.reshape(N, k).T @ g2, dtype) if nw else None    # (k, N) @ (N, m)
+        db = downcast(g2.sum(axis=0), dtype) if nb else None
         return dx, dw, db

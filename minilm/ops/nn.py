@@ -2,13 +2,16 @@
 
 Composing them from exp/sum/div would give the same numbers but store more
 arrays and walk more nodes; fusing them is also where numerical stability is
-decided (subtract the max before exp).
+decided (subtract the max before exp).  float16 inputs compute in float32 and
+round the result back (``upcast``/``downcast``, see reduce.py); what the
+forward saves for the backward stays in the input's dtype, except the per-row
+statistics (1/σ), which are small and stay in float32.
 """
 from __future__ import annotations
 
 from .. import backend
 from ..function import Function, get_array_module
-from .reduce import _normalize_axis
+from .reduce import _normalize_axis, accumulation_dtype, downcast, upcast
 
 
 def _stable_softmax(x, axis):
@@ -26,13 +29,14 @@ class Softmax(Function):
 
     def forward(ctx, x, axis=-1):
         ctx.axis = axis
-        y = _stable_softmax(x, axis)
+        y = downcast(_stable_softmax(upcast(x), axis), x.dtype)
         ctx.save_for_backward(y)
         return y
 
     def backward(ctx, g):
         (y,) = ctx.saved
-        return (y * (g - (g * y).sum(axis=ctx.axis, keepdims=True)),)
+        g, ya = upcast(g), upcast(y)
+        return (downcast(ya * (g - (g * ya).sum(axis=ctx.axis, keepdims=True)), y.dtype),)
 
 
 class LogSoftmax(Function):
@@ -44,16 +48,18 @@ class LogSoftmax(Function):
     def forward(ctx, x, axis=-1):
         xp = get_array_module(x)
         ctx.axis = axis
-        m = x.max(axis=axis, keepdims=True)
-        shifted = x - xp.where(xp.isfinite(m), m, 0)
-        y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        xa = upcast(x)
+        m = xa.max(axis=axis, keepdims=True)
+        shifted = xa - xp.where(xp.isfinite(m), m, 0)
+        y = downcast(shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True)), x.dtype)
         ctx.save_for_backward(y)
         return y
 
     def backward(ctx, g):
         (y,) = ctx.saved
         xp = get_array_module(y)
-        return (g - xp.exp(y) * g.sum(axis=ctx.axis, keepdims=True),)
+        g = upcast(g)
+        return (downcast(g - xp.exp(upcast(y)) * g.sum(axis=ctx.axis, keepdims=True), y.dtype),)
 
 
 class LayerNorm(Function):
@@ -71,38 +77,41 @@ class LayerNorm(Function):
 
     def forward(ctx, x, weight=None, bias=None, eps=1e-5):
         xp = get_array_module(x)
-        d = x.shape[-1]
+        d, dtype = x.shape[-1], x.dtype
+        x = upcast(x)
         xhat = x - x.mean(axis=-1, keepdims=True)                  # x − μ
         var = xp.einsum("...i,...i->...", xhat, xhat)[..., None] / d  # (..., 1), no (x − μ)² array
         inv_sigma = 1.0 / xp.sqrt(var + eps)
         xhat *= inv_sigma                                           # x̂, in place
-        ctx.save_for_backward(xhat, inv_sigma, weight)
+        saved = downcast(xhat, dtype)
+        ctx.save_for_backward(saved, inv_sigma, weight)
         if weight is None and bias is None:
-            return xhat.copy()
-        y = xhat * weight if weight is not None else xhat.copy()
+            return saved.copy()
+        y = xhat * upcast(weight) if weight is not None else xhat.copy()
         if bias is not None:
-            y += bias
-        return y
+            y += upcast(bias)
+        return downcast(y, dtype)
 
     def backward(ctx, g):
         xp = get_array_module(g)
         xhat, inv_sigma, weight = ctx.saved
         nx, nw, nb = ctx.needs_input_grad
-        d = g.shape[-1]
+        d, dtype = g.shape[-1], g.dtype
+        g, xhat = upcast(g), upcast(xhat)
         dx = dw = db = None
         if nx:
-            gh = g * weight if weight is not None else g.copy()    # ĝ
+            gh = g * upcast(weight) if weight is not None else g.copy()    # ĝ
             proj = xp.einsum("...i,...i->...", gh, xhat)[..., None] / d   # mean(ĝ ⊙ x̂), (..., 1)
             gh -= gh.mean(axis=-1, keepdims=True)                   # ĝ − mean(ĝ)
             gh -= xhat * proj                                       # − x̂ ⊙ mean(ĝ ⊙ x̂)
             gh *= inv_sigma                                         # / σ
-            dx = gh
+            dx = downcast(gh, dtype)
         if nw or nb:
             g2, x2 = g.reshape(-1, d), xhat.reshape(-1, d)         # (rows, d)
             if nw:
-                dw = xp.einsum("ri,ri->i", g2, x2)                  # Σ_rows g ⊙ x̂
+                dw = downcast(xp.einsum("ri,ri->i", g2, x2), dtype)  # Σ_rows g ⊙ x̂
             if nb:
-                db = g2.sum(axis=0)
+                db = downcast(g2.sum(axis=0), dtype)
         return dx, dw, db
 
 
@@ -139,10 +148,10 @@ class Embedding(Function):
     def backward(ctx, g):
         (ids,) = ctx.saved
         xp = get_array_module(g)
-        dW = xp.zeros(ctx.wshape, dtype=ctx.wdtype)
+        dW = xp.zeros(ctx.wshape, dtype=accumulation_dtype(ctx.wdtype))  # float16 rows add up in float32
         d = ctx.wshape[1]
-        backend.scatter_add(dW, ids.reshape(-1), g.reshape(-1, d))  # (N,) ids, (N, d) rows
-        return (None, dW)
+        backend.scatter_add(dW, ids.reshape(-1), upcast(g).reshape(-1, d))  # (N,) ids, (N, d) rows
+        return (None, downcast(dW, ctx.wdtype))
 
 
 class CrossEntropy(Function):
@@ -157,8 +166,8 @@ class CrossEntropy(Function):
 
     def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
         xp = get_array_module(logits)
-        C = logits.shape[-1]
-        z = logits.reshape(-1, C)                       # (..., C) -> (N, C)
+        C, dtype = logits.shape[-1], logits.dtype
+        z = upcast(logits.reshape(-1, C))               # (..., C) -> (N, C)
         t = targets.reshape(-1)                         # (...)    -> (N,)
         valid = t != ignore_index
         t_safe = xp.where(valid, t, 0)
@@ -168,21 +177,22 @@ class CrossEntropy(Function):
         logp = shifted - lse                            # (N, C) log-softmax
         rows = xp.arange(z.shape[0])
         nll = -logp[rows, t_safe] * valid               # (N,)
-        ctx.save_for_backward(logp, t_safe, valid)
+        ctx.save_for_backward(downcast(logp, dtype), t_safe, valid)
         ctx.shape, ctx.reduction = logits.shape, reduction
         if reduction == "none":
-            return nll.reshape(targets.shape)
+            return downcast(nll.reshape(targets.shape), dtype)
         if reduction == "sum":
-            return nll.sum()
-        count = valid.sum().astype(logits.dtype)
+            return downcast(nll.sum(), dtype)
+        count = valid.sum().astype(z.dtype)             # float32 for float16: a count past 2048 is exact
         ctx.count = xp.maximum(count, 1)
         # every target ignored: 0/0 = nan, as in PyTorch (without NumPy's warning)
-        return xp.where(count > 0, nll.sum() / ctx.count, xp.nan).astype(logits.dtype)
+        return xp.where(count > 0, nll.sum() / ctx.count, xp.nan).astype(dtype)
 
     def backward(ctx, g):
         logp, t_safe, valid = ctx.saved
         xp = get_array_module(logp)
-        dz = xp.exp(logp)                                # softmax, (N, C)
+        g = upcast(g)
+        dz = xp.exp(upcast(logp))                        # softmax, (N, C)
         rows = xp.arange(dz.shape[0])
         dz[rows, t_safe] -= 1
         if ctx.reduction == "none":
@@ -192,4 +202,4 @@ class CrossEntropy(Function):
         else:
             w = g * valid / ctx.count
         dz *= w.astype(dz.dtype)[:, None]
-        return (dz.reshape(ctx.shape), None)
+        return (downcast(dz.reshape(ctx.shape), logp.dtype), None)

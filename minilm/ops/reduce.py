@@ -1,7 +1,33 @@
-"""Reductions over axes.  Their VJPs broadcast g back over the reduced axes."""
+"""Reductions over axes.  Their VJPs broadcast g back over the reduced axes.
+
+float16 reduces in float32, as PyTorch does: a float16 sum overflows past 65504,
+and past 2048 adding 1 no longer changes it.  Every op that sums (here, the
+fused ops in nn.py, matmul, attention) computes on ``upcast(x)`` and hands back
+``downcast(y, x.dtype)``, forward and backward alike; for every other dtype both
+are the identity, so float32 and float64 compute exactly as they always did.
+"""
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from ..function import Function, get_array_module
+
+
+def accumulation_dtype(dtype):
+    """The dtype a reduction over ``dtype`` accumulates in: float32 for float16, ``dtype`` itself otherwise."""
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def upcast(x):
+    """x in its accumulation dtype: a float32 copy of a float16 array, x itself (no copy) otherwise."""
+    return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
+def downcast(y, dtype):
+    """A result computed in ``accumulation_dtype(dtype)`` back in ``dtype`` (the identity unless float16)."""
+    return y.astype(dtype) if dtype == np.float16 and y.dtype != dtype else y
 
 
 def _normalize_axis(axis, ndim):
@@ -32,11 +58,30 @@ class Sum(Function):
     def forward(ctx, x, axis=None, keepdims=False):
         ctx.axes = _normalize_axis(axis, x.ndim)
         ctx.shape, ctx.keepdims = x.shape, keepdims
-        return x.sum(axis=ctx.axes, keepdims=keepdims)
+        return downcast(upcast(x).sum(axis=ctx.axes, keepdims=keepdims), x.dtype)
 
     def backward(ctx, g):
         xp = get_array_module(g)
         return (xp.broadcast_to(_expand(g, ctx.shape, ctx.axes, ctx.keepdims), ctx.shape),)
+
+
+class Mean(Function):
+    """y = (1/n) Σ_{i ∈ axes} x_i   (n elements reduced)      ∂L/∂x = g / n broadcast over the axes
+
+    One op rather than sum then scale, so that a float16 mean divides before it
+    rounds back to float16: the mean of values near 1000 is representable even
+    where their sum (past 65504) is not.
+    """
+
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.axes = _normalize_axis(axis, x.ndim)
+        ctx.shape, ctx.keepdims = x.shape, keepdims
+        ctx.scale = 1.0 / math.prod(x.shape[a] for a in ctx.axes)
+        return downcast(upcast(x).sum(axis=ctx.axes, keepdims=keepdims) * ctx.scale, x.dtype)
+
+    def backward(ctx, g):
+        xp = get_array_module(g)
+        return (xp.broadcast_to(_expand(g * ctx.scale, ctx.shape, ctx.axes, ctx.keepdims), ctx.shape),)
 
 
 class Max(Function):
@@ -71,9 +116,10 @@ class LogSumExp(Function):
     def forward(ctx, x, axis=-1, keepdims=False):
         xp = get_array_module(x)
         axes = _normalize_axis(axis, x.ndim)
-        m = x.max(axis=axes, keepdims=True)
+        xa = upcast(x)
+        m = xa.max(axis=axes, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)  # a row of -inf stays -inf, not nan
-        y = m + xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True))
+        y = downcast(m + xp.log(xp.exp(xa - m).sum(axis=axes, keepdims=True)), x.dtype)
         ctx.save_for_backward(x, y)
         ctx.axes, ctx.shape, ctx.keepdims = axes, x.shape, keepdims
         return y if keepdims else y.reshape(tuple(n for i, n in enumerate(x.shape) if i not in axes))
@@ -81,4 +127,5 @@ class LogSumExp(Function):
     def backward(ctx, g):
         x, y = ctx.saved
         xp = get_array_module(x)
-        return (_expand(g, ctx.shape, ctx.axes, ctx.keepdims) * xp.exp(x - y),)
+        dx = _expand(upcast(g), ctx.shape, ctx.axes, ctx.keepdims) * xp.exp(upcast(x) - upcast(y))
+        return (downcast(dx, x.dtype),)
