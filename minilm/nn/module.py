@@ -115,25 +115,31 @@ class Module:
         out.update((n, b.data) for n, b in self.named_buffers())
         return out
 
-    def load_state_dict(self, state, strict: bool = True):
+    def load_state_dict(self, state, strict: bool = True, cast: bool = False):
         """Copy arrays from ``state`` into this module's parameters and buffers.
 
         Everything is checked before anything is written: with strict=True a
-        missing or unexpected key, or any shape mismatch, raises one KeyError /
-        ValueError that lists them all, and the module is left unchanged.
+        missing or unexpected key, and always a shape or dtype mismatch, raises
+        one StateDictError that lists them all, and the module is left unchanged.
+        An array must have its tensor's dtype; cast=True also lets a float of
+        another width in (float64 → float32, rounded), never int ↔ float.
         Returns (missing, unexpected) key lists.
         """
         own = OrderedDict(self.named_parameters())
         own.update(self.named_buffers())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
-        mismatched = []
+        mismatched, wrong_dtype = [], []
         for k, t in own.items():
             if k in state:
-                shape = tuple(np.shape(state[k]) if not hasattr(state[k], "shape") else state[k].shape)
-                if shape != t.shape:
-                    mismatched.append(f"{k}: checkpoint {shape} vs model {t.shape}")
-        if mismatched or (strict and (missing or unexpected)):
+                value = state[k].data if isinstance(state[k], Tensor) else state[k]
+                value = value if backend.is_array(value) else np.asarray(value)
+                if tuple(value.shape) != t.shape:
+                    mismatched.append(f"{k}: checkpoint {tuple(value.shape)} vs model {t.shape}")
+                dtype = value.dtype
+                if dtype != t.dtype and not (cast and dtype.kind == "f" and t.dtype.kind == "f"):
+                    wrong_dtype.append(f"{k}: checkpoint {dtype} vs model {t.dtype}")
+        if mismatched or wrong_dtype or (strict and (missing or unexpected)):
             lines = []
             if missing:
                 lines.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
@@ -141,6 +147,9 @@ class Module:
                 lines.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
             if mismatched:
                 lines.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+            if wrong_dtype:
+                lines.append(f"dtype mismatches ({len(wrong_dtype)}): {'; '.join(wrong_dtype)} "
+                             "(cast=True converts between float widths; int and float never mix)")
             raise StateDictError(f"load_state_dict into {type(self).__name__} failed; nothing was changed.\n  "
                            + "\n  ".join(lines))
         for k, t in own.items():
@@ -189,6 +198,9 @@ class Module:
         ones to ``dtype`` (in place; returns self)."""
         if device is not None:
             backend.check_device(device)
+        if dtype is not None and np.dtype(dtype).kind != "f":
+            raise TypeError(f"{type(self).__name__}.to: dtype must be floating (float16, float32 or float64), "
+                            f"got {np.dtype(dtype)}; integer or boolean parameters cannot be trained")
         for t in list(self.parameters()) + [b for _, b in self.named_buffers()]:
             if device is not None:
                 t.data = backend.to_device(t.data, device)
