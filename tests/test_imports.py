@@ -225,3 +225,7 @@ def test_peft_methods_do_not_import_back_into_core():
     bad = _violations(lambda name, imp: _under(name, "minilm.peft") and name != "minilm.peft"
                       and name != "minilm.peft.core" and imp == "minilm.peft.core")
     assert not bad, f"PEFT methods import peft.core: {bad}"
+
+
+def test_configs_import_nothing_from_minilm():
+    assert _imports("minilm.configs")[0] == set(), "minilm.configs is used by every layer: it imports none"

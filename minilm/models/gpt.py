@@ -28,11 +28,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .. import functional as F
+from ..configs import check_fields, config_from_dict
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
 from ..nn import init
 from ..tensor import Generator, arange
@@ -54,6 +55,7 @@ class GPTConfig:
     layer_mlp: list | None = None     # structured pruning: MLP hidden width per layer (default 4·n_embd)
 
     def __post_init__(self):
+        check_fields(self)
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -100,12 +102,10 @@ class GPTConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"GPTConfig: unknown fields {unknown}")
-        return cls(**d)
+    def from_dict(cls, d, source=None):
+        """From ``to_dict()``'s output (e.g. a checkpoint's config); types and ranges are checked
+        and an error names ``source``, the file it came from."""
+        return config_from_dict(cls, d, source)
 
 
 class CausalSelfAttention(Module):
@@ -356,5 +356,5 @@ def load_gpt2(path: str) -> GPT:
     with open(cfg_path, encoding="utf-8") as f:
         config = gpt2_config_from_hf(json.load(f))
     model = GPT(config, generator=Generator(0))
-    model.load_state_dict(gpt2_state_from_hf(load_file(weights)))
+    model.load_state_dict(gpt2_state_from_hf(load_file(weights)), cast=True)  # a float16 export casts up
     return model

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import functional as F
+from ..configs import check_fields
 from ..nn import Module, Parameter, init
 from ..tensor import Generator
 from .base import PeftModule, freeze_base, layers_of, placement_device, register
@@ -112,6 +113,10 @@ class AdapterConfig:
     method: str = "adapter"
 
     def __post_init__(self):
+        check_fields(self)
+        if (self.r is not None and self.r < 1) or (self.reduction_factor is not None and self.reduction_factor <= 0):
+            raise ValueError(f"AdapterConfig: r must be ≥ 1 and reduction_factor > 0, got r={self.r}, "
+                             f"reduction_factor={self.reduction_factor}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"AdapterConfig: placement must be one of {sorted(PLACEMENTS)}, got {self.placement!r}")
         if self.r is None and self.reduction_factor is None:

@@ -27,6 +27,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from .. import backend
+from ..configs import config_from_dict
 from ..nn import Module, StateDictError
 from ..tensor import no_grad
 from . import adapter  # noqa: F401  (a method registers itself when imported: base.METHODS, base.ADDERS)
@@ -216,10 +217,11 @@ def load_adapter(model: Module, path) -> Module:
     grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for d in meta["methods"]:
-            cls = METHODS.get(d.get("method"))
+            cls = METHODS.get(d.get("method")) if isinstance(d, dict) else None
             if cls is None:
-                raise ValueError(f"load_adapter: unknown method {d.get('method')!r} in {path}")
-            add(model, cls(**d))
+                raise ValueError(f"load_adapter: unknown method {d.get('method') if isinstance(d, dict) else d!r} "
+                                 f"in {path / CONFIG_NAME}")
+            add(model, config_from_dict(cls, d, str(path / CONFIG_NAME)))
         own = dict(model.named_parameters())
         expected = set(adapter_state_dict(model))
         missing = sorted(expected - set(arrays))

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
+from ..configs import check_fields
 from ..nn import Linear, Module, Parameter, init
 from ..tensor import Generator, Tensor, no_grad
 from .base import PeftModule, freeze_base, register
@@ -200,6 +201,10 @@ class LoRAConfig:
     method: str = "lora"
 
     def __post_init__(self):
+        check_fields(self)
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRAConfig: the rank r must be ≥ 1, alpha > 0 and dropout in [0, 1), got r={self.r}, "
+                             f"alpha={self.alpha}, dropout={self.dropout}")
         self.target_modules = (self.target_modules,) if isinstance(self.target_modules, str) \
             else tuple(self.target_modules)
         self.parts = tuple(self.parts) if self.parts else None
@@ -220,12 +225,18 @@ def add_lora(model: Module, config: LoRAConfig) -> Module:
     everything but PEFT parameters, the task head and ``config.train_also``.  ``config.parts``
     apply to the targets the model names in ``model.base_model.fused_qkv``."""
     gen = Generator(config.seed)
-    chosen = []
+    chosen, wrapped_already = [], []
     for name, m in list(model.named_modules()):
         for attr, child in list(m.named_children()):
             full = f"{name}.{attr}" if name else attr
             if isinstance(child, Linear) and _matches(full, config.target_modules):
                 chosen.append((m, attr, full, child))
+            elif isinstance(child, LoRALinear) and _matches(full, config.target_modules):
+                wrapped_already.append(full)
+    if wrapped_already:
+        raise ValueError(f"add_lora: the model already has LoRA on {wrapped_already[:8]}"
+                         f"{' ...' if len(wrapped_already) > 8 else ''}; remove it first (peft.remove_peft) "
+                         "or fold it into the weights (peft.merge_and_unload) to add another")
     if not chosen:
         linears = [n for n, m in model.named_modules() if isinstance(m, Linear)]
         raise KeyError(f"add_lora: no Linear matches target_modules={list(config.target_modules)}; "

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import functional as F
+from ..configs import check_fields
 from ..nn import Embedding, Linear, Module, Parameter, init
 from ..tensor import Generator, no_grad
 from .base import PeftModule, freeze_base, layers_of, placement_device, register
@@ -108,6 +109,10 @@ class PrefixConfig:
     method: str = "prefix"
 
     def __post_init__(self):
+        check_fields(self)
+        if self.m < 1 or (self.hidden is not None and self.hidden < 0) or self.init_std < 0:
+            raise ValueError(f"PrefixConfig: m must be positive, hidden ≥ 0 (or null) and init_std ≥ 0, got m={self.m}, "
+                             f"hidden={self.hidden}, init_std={self.init_std}")
         self.train_also = tuple(self.train_also)
 
     def to_dict(self):
