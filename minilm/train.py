@@ -25,6 +25,7 @@ continues with exactly the losses the uninterrupted run would have had.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -33,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .configs import check_fields, config_from_dict
 from .data.batches import RandomBatches
 from .optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, warmup_cosine_scheduler
 from .tensor import Tensor, no_grad
@@ -66,6 +68,7 @@ class TrainConfig:
             "a better val loss (0: never)", "device": "cpu | cuda | strict"}
 
     def __post_init__(self):
+        check_fields(self)
         for name in ("max_steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig: {name} must be positive, got {getattr(self, name)}")
@@ -115,23 +118,29 @@ class Progress:
         self.total, self.start, self.every = total, start, max(1, every)
         self.stream = stream or sys.stdout
         self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.t0 = time.perf_counter()
-        self.tokens = 0
+        self.t0 = None          # the clock starts when the first step ends: its one-time costs
+        self.tokens = 0         # (compiling the attention kernel) would make the ETA absurd
 
     def update(self, step, loss, tokens, lr):
-        self.tokens += tokens
-        done = step + 1
+        done, now = step + 1, time.perf_counter()
+        if self.t0 is None:
+            self.t0, self.first = now, done
+        else:
+            self.tokens += tokens
         if not (self.tty or done % self.every == 0 or done == self.total):
             return
-        elapsed = time.perf_counter() - self.t0
-        rate = self.tokens / elapsed if elapsed > 0 else 0.0
-        steps_per_s = (done - self.start) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / steps_per_s if steps_per_s > 0 else 0.0
+        elapsed = now - self.t0
+        if elapsed > 0 and done > self.first:
+            rate = self.tokens / elapsed
+            eta = (self.total - done) * elapsed / (done - self.first)
+            speed = f"{rate / 1000:6.1f}k tok/s ETA {int(eta // 60)}:{int(eta % 60):02d}"
+        else:
+            speed = "    …  tok/s ETA  …"
         width = 24
         filled = int(width * done / self.total)
         bar = "█" * filled + "·" * (width - filled)
         line = (f"step {done:>{len(str(self.total))}}/{self.total} {bar} loss {loss:.4f} "
-                f"lr {lr:.2e} {rate / 1000:6.1f}k tok/s ETA {int(eta // 60)}:{int(eta % 60):02d}")
+                f"lr {lr:.2e} {speed}")
         if self.tty:
             self.stream.write("\r" + line)
             if done == self.total:
@@ -218,17 +227,23 @@ class Trainer:
     checkpoint_config: the JSON dict the model is rebuilt from (default model.config.to_dict());
     tokenizer: saved beside the weights; stream: the progress line's stream (default stdout),
     quiet=True for none; tokens_per_step: for the tokens/s figure (default batch × input length).
+
+    A fresh run refuses an out_dir that already holds a checkpoint (best/ or last/): call
+    ``resume()`` to continue that run, or pass ``overwrite=True`` to start over (the old
+    best/ and last/ are deleted when training starts, so no stale "best" survives).
     """
 
     def __init__(self, model, config: TrainConfig, batches, loss_fn=None, evaluate=None, out_dir=None, *,
                  checkpoint_config: dict | None = None, tokenizer=None, stream=None, quiet: bool = False,
-                 tokens_per_step: int | None = None):
+                 tokens_per_step: int | None = None, overwrite: bool = False):
         self.model, self.config, self.batches = model, config, batches
         self.loss_fn, self.evaluate = loss_fn or model_loss, evaluate
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.checkpoint_config = checkpoint_config
         self.tokenizer, self.stream, self.quiet = tokenizer, stream or sys.stdout, quiet
         self.tokens_per_step = tokens_per_step
+        self.overwrite = overwrite
+        self._claimed = False         # True once this run owns out_dir (resumed, or checked by fit)
         c = config
         groups = param_groups_for_weight_decay(model, c.weight_decay)
         if not any(g["params"] for g in groups):
@@ -283,19 +298,60 @@ class Trainer:
                                tokenizer=self.tokenizer, step=self.step, extra={"train": self._train_state()})
 
     def resume(self, name="last"):
-        """Continue from ``out_dir/name``: weights, optimizer, schedule, sampler, RNG and step."""
+        """Continue from ``out_dir/name``: weights, optimizer state, schedule position, sampler, RNG
+        and step.  Everything is read and checked before anything changes, so a bad checkpoint
+        leaves the Trainer as it was.
+
+        The hyperparameters are this Trainer's config, not the saved one: a run resumed with a
+        new learning rate or max_steps follows the new schedule from the saved step on.
+        ``self.changed`` lists the fields that differ, {name: (saved, now)}, and the progress
+        stream says so.  With nothing changed the resumed run repeats the uninterrupted one exactly.
+        """
+        if self.out_dir is None:
+            raise ValueError("Trainer.resume: this Trainer has no out_dir to resume from")
         ckpt = load_checkpoint(self.out_dir / name)
+        state = _checked_train_state(ckpt)
+        try:
+            saved_config = config_from_dict(TrainConfig, state["train_config"], f"{ckpt.path}/meta.json: train_config")
+        except ValueError as e:
+            raise CheckpointError(f"{e}; cannot resume") from None
+        ours = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        if state["batches"] is not None:            # the sampler first: if its state does not fit, nothing changed
+            before = self.batches.state_dict()
+            try:
+                self.batches.load_state_dict(state["batches"])
+            except Exception as e:
+                self.batches.load_state_dict(before)
+                raise CheckpointError(f"{ckpt.path}/meta.json: extra.train.batches does not fit this run's "
+                                      f"batch sampler ({type(e).__name__}: {e})") from e
         ckpt.load_into(self.model, self.optimizer)
+        for group, hyper in zip(self.optimizer.param_groups, ours):   # this config's lr, betas, weight decay
+            group.update(hyper)
         ckpt.restore_rng()
-        state = ckpt.extra["train"]
         self.step, self.bad_evals = state["step"], state["bad_evals"]
         self.best_val = state["best_val"] if state["best_val"] is not None else math.inf
         self.history = state["history"]
         self.history["eval"] = [tuple(e) for e in self.history["eval"]]
-        if state["batches"] is not None:
-            self.batches.load_state_dict(state["batches"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.load_state_dict({**state["scheduler"], "base_lrs": self.scheduler.base_lrs})
+        self._claimed = True
+        now = self.config.to_dict()
+        self.changed = {k: (v, now[k]) for k, v in saved_config.to_dict().items() if now.get(k) != v}
+        if self.changed and not self.quiet:
+            shown = ", ".join(f"{k} {a} → {b}" for k, (a, b) in self.changed.items())
+            self.stream.write(f"resuming {ckpt.path} at step {self.step} with changed settings: {shown} "
+                              f"(the new values apply from step {self.step} on)\n")
         return self
+
+    def _claim_out_dir(self):
+        """A fresh run may not silently replace another run's checkpoints (see the class docstring)."""
+        if self._claimed or self.out_dir is None:
+            return
+        if not self.overwrite:
+            refuse_existing_run(self.out_dir)
+        for n in RUN_CHECKPOINTS:
+            if (self.out_dir / n).exists():
+                shutil.rmtree(self.out_dir / n)
+        self._claimed = True
 
     def _evaluate_and_save(self, progress) -> bool:
         """Evaluate, keep the best, write last/ and the plot; True if the run should stop early."""
@@ -329,6 +385,7 @@ class Trainer:
         "history", "sec_per_step": the median step time after the first two (one-time costs such as
         compiling the attention kernel are not counted)}; the model is left in eval mode."""
         c = self.config
+        self._claim_out_dir()
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
@@ -367,6 +424,59 @@ class Trainer:
             return self.tokens_per_step
         ids = batch[0] if isinstance(batch, tuple) else batch.get("input_ids")
         return 0 if ids is None else int(np.prod(ids.shape if hasattr(ids, "shape") else np.shape(ids)))
+
+
+class CheckpointExistsError(CheckpointError, FileExistsError):
+    """A fresh run was pointed at a folder that holds another run's checkpoints."""
+
+
+RUN_CHECKPOINTS = ("best", "last")
+
+
+def refuse_existing_run(out_dir):
+    """Raise CheckpointExistsError if ``out_dir`` holds a run's checkpoints (best/ or last/)."""
+    out_dir = Path(out_dir)
+    found = [n for n in RUN_CHECKPOINTS if (out_dir / n).exists()]
+    if found:
+        try:
+            step = f" at step {load_checkpoint(out_dir / found[-1]).step}"
+        except CheckpointError:
+            step = ""
+        raise CheckpointExistsError(
+            f"{out_dir} already holds a run ({', '.join(found)}/{step}); resume it (Trainer.resume(), "
+            "`minilm pretrain --resume`) or start over (overwrite=True, `--overwrite`), which deletes it")
+
+
+_TRAIN_STATE = {"step": int, "best_val": (float, int, type(None)), "bad_evals": int, "history": dict,
+                "batches": (dict, type(None)), "scheduler": dict, "train_config": dict}
+
+
+def _checked_train_state(ckpt) -> dict:
+    """The Trainer's state in ``ckpt.extra["train"]``, every field's type checked (CheckpointError otherwise)."""
+    where = f"{ckpt.path}/meta.json"
+    extra = ckpt.meta.get("extra")
+    state = extra.get("train") if isinstance(extra, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where} holds no training state (extra.train is {state!r:.60}); it was not "
+                              "written by a Trainer, so there is nothing to resume (load its weights instead)")
+    problems = [f"extra.train.{k} is {type(state.get(k)).__name__}, not {getattr(t, '__name__', 'a number or null')}"
+                for k, t in _TRAIN_STATE.items()
+                if k not in state or not isinstance(state[k], t) or isinstance(state[k], bool)]
+    history = state.get("history") if isinstance(state.get("history"), dict) else {}
+    problems += [f"extra.train.history.{k} is missing or not a list" for k in ("step", "loss", "eval")
+                 if not isinstance(history.get(k), list)]
+    scheduler = state.get("scheduler") if isinstance(state.get("scheduler"), dict) else {}
+    if not isinstance(scheduler.get("last_step"), int):
+        problems.append("extra.train.scheduler.last_step is missing or not an integer")
+    rng = (ckpt.meta.get("rng") or {}).get("minilm.default_generator") if isinstance(ckpt.meta.get("rng"), dict) \
+        else None
+    if not (isinstance(rng, dict) and isinstance(rng.get("bit_generator"), dict) and "seed" in rng):
+        problems.append("rng.minilm.default_generator is missing or malformed")
+    if not problems and not 0 <= state["step"] == ckpt.step:
+        problems.append(f"extra.train.step={state['step']} does not match the checkpoint's step {ckpt.step}")
+    if problems:
+        raise CheckpointError(f"{where} cannot be resumed: " + "; ".join(problems))
+    return state
 
 
 def lm_trainer(model, train_ids, val_ids, config: TrainConfig, out_dir=None, **kwargs) -> Trainer:

@@ -251,6 +251,6 @@ def test_the_demo_trains_identically_on_cpu_and_strict():
 
 def test_cli_demo_prints_its_loss(capsys):
     from minilm.cli import main
-    main(["demo", "--steps", "10"])
+    assert main(["demo", "--steps", "10"]) == 0
     out = capsys.readouterr().out
     assert "loss" in out and "accuracy" in out

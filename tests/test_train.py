@@ -227,17 +227,17 @@ def test_cli_pretrain_generate_info(tmp_path, capsys):
     text = tmp_path / "tiny.txt"
     text.write_text("to be or not to be, that is the question.\n" * 40, encoding="utf-8")
     out = tmp_path / "run"
-    main(["pretrain", "--corpus", str(text), "--out", str(out), "--max-steps", "6", "--eval-interval", "3",
-          *TINY_RUN, "--sample-tokens", "20"])
+    assert main(["pretrain", "--corpus", str(text), "--out", str(out), "--max-steps", "6", "--eval-interval", "3",
+                 *TINY_RUN, "--sample-tokens", "20"]) == 0
     printed = capsys.readouterr().out
     assert "best val loss" in printed and "a sample from the best checkpoint" in printed
     assert json.loads((out / "result.json").read_text())["step"] == 6
-    main(["generate", "--checkpoint", str(out / "best"), "--prompt", "to be", "--max-new-tokens", "10"])
+    assert main(["generate", "--checkpoint", str(out / "best"), "--prompt", "to be", "--max-new-tokens", "10"]) == 0
     assert capsys.readouterr().out.startswith("to be")
-    main(["info", str(out / "best")])
+    assert main(["info", str(out / "best")]) == 0
     assert "GPT, step 6" in capsys.readouterr().out
-    main(["pretrain", "--corpus", str(text), "--out", str(out), "--max-steps", "8", "--eval-interval", "3",
-          *TINY_RUN, "--sample-tokens", "0", "--resume"])
+    assert main(["pretrain", "--corpus", str(text), "--out", str(out), "--max-steps", "8", "--eval-interval", "3",
+                 *TINY_RUN, "--sample-tokens", "0", "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().out
 
 
@@ -258,9 +258,9 @@ def test_cli_training_flags_reach_the_trainer(tmp_path, capsys):
     text = tmp_path / "tiny.txt"
     text.write_text("to be or not to be, that is the question.\n" * 40, encoding="utf-8")
     out = tmp_path / "run"
-    main(["pretrain", "--corpus", str(text), "--out", str(out), "--max-steps", "3", "--learning-rate", "3e-3",
-          "--min-lr-ratio", "0.5", "--warmup-steps", "1", "--weight-decay", "0", "--eval-interval", "0",
-          "--seed", "7", *TINY_RUN, "--sample-tokens", "0"])
+    assert main(["pretrain", "--corpus", str(text), "--out", str(out), "--max-steps", "3", "--learning-rate",
+                 "3e-3", "--min-lr-ratio", "0.5", "--warmup-steps", "1", "--weight-decay", "0", "--eval-interval",
+                 "0", "--seed", "7", *TINY_RUN, "--sample-tokens", "0"]) == 0
     assert "training: 3 steps of 4 x 16 tokens, lr 0.003 -> 0.0015" in capsys.readouterr().out
     saved = load_checkpoint(out / "last").extra["train"]["train_config"]
     assert {k: saved[k] for k in ("max_steps", "learning_rate", "min_lr_ratio", "warmup_steps", "weight_decay",
