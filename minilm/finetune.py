@@ -201,7 +201,11 @@ def pretrain_base(text: str, tokenizer, model_config, train_config, out_dir, str
     model = GPT(model_config, generator=Generator(train_config.seed))
     print(f"pretraining the base GPT on {len(text):,} characters ({model.num_parameters():,} parameters)",
           file=stream, flush=True)
-    lm_trainer(model, train_ids, val_ids, train_config, out_dir, tokenizer=tokenizer, stream=stream).fit()
+    if stamp.exists():
+        stamp.unlink()                      # until the new base is trained, no stamp vouches for best/
+    # a cache: a base of other configs (or an interrupted run) in out_dir is replaced on purpose
+    lm_trainer(model, train_ids, val_ids, train_config, out_dir, tokenizer=tokenizer, stream=stream,
+               overwrite=True).fit()
     ckpt = load_checkpoint(out_dir / "best")
     ckpt.load_into(model)
     stamp.write_text(json.dumps(key))

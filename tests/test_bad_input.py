@@ -306,3 +306,15 @@ def test_the_eta_ignores_the_first_step(monkeypatch):
     p.update(2, 3.0, 10, 1e-3)
     lines = stream.getvalue().splitlines()
     assert "ETA  …" in lines[0] and "ETA 0:10" in lines[1] and "ETA 0:09" in lines[2]
+
+
+def test_the_cached_base_is_rebuilt_not_refused_when_its_configs_change(tmp_path):
+    from minilm.finetune import pretrain_base
+    from minilm.tokenizers import CharTokenizer
+    text = "to be or not to be, that is the question.\n" * 40
+    tok = CharTokenizer.train(text)
+    mc = GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    for steps in (2, 3):                    # the second call has other configs: a rebuild, on purpose
+        tc = TrainConfig(max_steps=steps, batch_size=2, eval_interval=0, eval_iters=1, log_interval=100)
+        pretrain_base(text, tok, mc, tc, tmp_path, stream=io.StringIO())
+        assert load_checkpoint(tmp_path / "best").step == steps

