@@ -443,7 +443,7 @@ def refuse_existing_run(out_dir):
         except CheckpointError:
             step = ""
         raise CheckpointExistsError(
-            f"{out_dir} already holds a run ({', '.join(found)}/{step}); resume it (Trainer.resume(), "
+            f"{out_dir} already holds a run ({', '.join(n + '/' for n in found)}{step}); resume it (Trainer.resume(), "
             "`minilm pretrain --resume`) or start over (overwrite=True, `--overwrite`), which deletes it")
 
 
