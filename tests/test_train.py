@@ -273,7 +273,7 @@ def test_cli_training_flags_reach_the_trainer(tmp_path, capsys):
     assert "unrecognized arguments: --max-iters" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["pretrain", "generate", "info", "demo"])
+@pytest.mark.parametrize("command", ["pretrain", "generate", "info", "corpus", "demo"])
 def test_cli_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])

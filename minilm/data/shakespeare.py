@@ -229,8 +229,3 @@ def load_shakespeare(cache_dir=None) -> Corpus:
     corpus.save(folder)
     return corpus
 
-
-if __name__ == "__main__":   # python -m minilm.data.shakespeare: fetch and cache the corpus now (e.g. before going offline)
-    c = load_shakespeare()
-    print(f"Shakespeare corpus: {len(c.works)} works, {len(c.text):,} characters, cached in "
-          f"{cache_root() / 'shakespeare'}")
