@@ -57,10 +57,13 @@ class Model(Module):
                        (GPT-2's ``c_attn``), so LoRA can adapt only the q or v block
     ``attention_shape(i)``  (heads, head size) of layer i: what Prefix-Tuning's keys must match
     ``head_patterns``  a task model's head parameters (kept trainable by PEFT, its modules_to_save)
+    ``position_table`` (the learned E_pos Embedding's dotted name in the body, the config field that
+                       bounds the input length): what ``extend_positions`` grows
     """
 
     body = None                 # a task model's attribute holding its body ("gpt", "bert")
     head_patterns: tuple = ()
+    position_table: tuple | None = None
 
     @property
     def base_model(self):
@@ -235,3 +238,42 @@ def token_loss(logits: Tensor, labels, who: str, ignore_index: int = -100):
     if labels.shape != logits.shape[:2]:
         raise ValueError(f"{who}: labels of shape {labels.shape} do not match input_ids {logits.shape[:2]}")
     return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+
+
+# ---- longer inputs than the pretrained positions -----------------------------------------------
+
+def extend_positions(model: Model, new_max: int) -> Model:
+    """Grow the learned position table E_pos (G2) from P rows to ``new_max`` by copying, as
+    Longformer does to read 4,096 tokens with RoBERTa's 512 positions (Beltagy et al. 2020, §5):
+
+        E'_pos[i] = E_pos[i mod P]        i = 0 … new_max − 1
+
+    The first P rows are the pretrained ones, so inputs of up to P tokens give exactly the
+    outputs they gave before; every later block of P positions starts as a copy, which keeps
+    the local structure attention learned (position i − 1 is still "just before" i) and
+    is a much better start than random rows.  The config's length bound (GPT's block_size,
+    BERT's max_position_embeddings) becomes ``new_max``, so the model saves and reloads at
+    its new size.  In place; returns ``model``.  Build optimizers after calling it.
+    """
+    body = model.base_model
+    if body.position_table is None:
+        raise TypeError(f"extend_positions: {type(body).__name__} declares no learned position table")
+    name, field = body.position_table
+    table = _submodule(body, name)
+    P = table.num_embeddings
+    if not isinstance(new_max, (int, np.integer)) or isinstance(new_max, bool) or new_max < P:
+        raise ValueError(f"extend_positions: new_max must be an integer ≥ the current {P} positions, "
+                         f"got {new_max!r}")
+    xp = backend.get_array_module(table.weight.data)
+    rows = xp.arange(new_max) % P                                   # i mod P, (new_max,)
+    table.weight.data = table.weight.data[rows].copy()              # (new_max, d): copies of E_pos
+    table.weight._grad = None
+    table.num_embeddings = int(new_max)
+    setattr(body.config, field, int(new_max))
+    return model
+
+
+def _submodule(module: Module, dotted: str) -> Module:
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module

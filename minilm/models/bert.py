@@ -365,6 +365,8 @@ class Bert(Model):
     attached as ``self.prefix`` (minilm.peft) feeds every layer's attention its keys and values.
     """
 
+    position_table = ("embeddings.position_embeddings", "max_position_embeddings")   # E_pos (extend_positions)
+
     def __init__(self, config: BertConfig, generator: Generator | None = None):
         super().__init__()
         self.config = config

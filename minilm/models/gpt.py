@@ -219,6 +219,7 @@ class GPT(Model):
     """
 
     fused_qkv = ("c_attn",)           # GPT-2's c_attn: one (d, 3d) matrix, columns [q | k | v]
+    position_table = ("transformer.wpe", "block_size")   # E_pos, grown by extend_positions
 
     def __init__(self, config: GPTConfig, generator: Generator | None = None):
         super().__init__()
