@@ -30,6 +30,7 @@ from . import backend
 from .tensor import Tensor, default_generator  # defined before tensor.py imports this module
 from .ops.elementwise import GELU, Add, Div, Exp, Log, Mul, Neg, Pow, ReLU, Sigmoid, Sqrt, Sub, Tanh
 from .ops.attention import _MASK_VALUE, ScaledDotProductAttention, blocked_positions
+from .ops.patterns import SparsePattern  # F.SparsePattern: the value attention's pattern= takes (not an op)
 from .ops.matmul import Linear, MatMul
 from .ops.nn import CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, Softmax
 from .ops.reduce import LogSumExp, Max, Mean, Sum, _normalize_axis
@@ -543,7 +544,7 @@ def astype(x, dtype):
 
 # ---- attention ---------------------------------------------------------------------------------
 
-def _attention_args(q, k, v, causal, key_padding_mask, scale, n_prefix, name):
+def _attention_args(q, k, v, causal, key_padding_mask, scale, n_prefix, name, pattern=None):
     for label, t in (("q", q), ("k", k), ("v", v)):
         if t.ndim != 4:
             raise ValueError(f"{name}: {label} must be (B, H, T, D), got shape {t.shape}")
@@ -563,11 +564,18 @@ def _attention_args(q, k, v, causal, key_padding_mask, scale, n_prefix, name):
         kpm = _bool_array(key_padding_mask, q, name)
         if tuple(kpm.shape) != (B, S - n_prefix):
             raise ValueError(f"{name}: key_padding_mask must be (B, S − n_prefix) = {(B, S - n_prefix)}, got {tuple(kpm.shape)}")
+    if pattern is not None:
+        if not isinstance(pattern, SparsePattern):
+            raise TypeError(f"{name}: pattern must be a SparsePattern or None, got {type(pattern).__name__}")
+        if T > S - n_prefix:
+            raise ValueError(f"{name}: with a sparse pattern the {T} queries are token positions, so they need "
+                             f"at least {T} token keys, got S − n_prefix = {S - n_prefix}")
+        pattern.check(S - n_prefix, name)
     return kpm, (1.0 / math.sqrt(D) if scale is None else float(scale))
 
 
 def scaled_dot_product_attention(q, k, v, causal: bool = False, key_padding_mask=None, scale=None,
-                                 n_prefix: int = 0):
+                                 n_prefix: int = 0, pattern: SparsePattern | None = None):
     """softmax(q kᵀ · scale + mask) v on (B, H, T, D) queries and (B, H, S, D) keys/values.
 
     causal            query t sees keys up to its own position (queries are the
@@ -575,34 +583,40 @@ def scaled_dot_product_attention(q, k, v, causal: bool = False, key_padding_mask
     key_padding_mask  bool (B, S − n_prefix), True = a padding key nobody attends to
     n_prefix          the first n_prefix keys/values are a prefix every query sees (P1)
     scale             1/√D by default
+    pattern           a SparsePattern (sliding window, global tokens, random blocks:
+                      Longformer, BigBird) over the token positions, on top of all the above;
+                      None = dense
     A query that can see no key at all gets zeros, not NaN.  One fused op: a
-    Numba flash kernel on "cpu"; see scaled_dot_product_attention_reference for
-    the same thing written as ordinary ops.
+    Numba flash kernel on "cpu" (with a pattern it computes only the key blocks
+    the pattern shows, so its cost is linear in T); see
+    scaled_dot_product_attention_reference for the same thing written as ordinary ops.
     """
-    kpm, scale = _attention_args(q, k, v, causal, key_padding_mask, scale, n_prefix, "scaled_dot_product_attention")
+    kpm, scale = _attention_args(q, k, v, causal, key_padding_mask, scale, n_prefix, "scaled_dot_product_attention",
+                                 pattern)
     return ScaledDotProductAttention.apply(q, k, v, causal=bool(causal), key_padding=kpm, scale=scale,
-                                           n_prefix=int(n_prefix))
+                                           n_prefix=int(n_prefix), pattern=pattern)
 
 
 def scaled_dot_product_attention_reference(q, k, v, causal: bool = False, key_padding_mask=None, scale=None,
-                                           n_prefix: int = 0):
+                                           n_prefix: int = 0, pattern: SparsePattern | None = None):
     """The readable definition of attention, composed of differentiable ops (the tests' oracle):
 
         scores = q kᵀ / √D                      (B, H, T, S)
-        scores[blocked] = −∞                    causal future, padded keys
+        scores[blocked] = −∞                    causal future, padded keys, keys the pattern
+                                                hides (pattern.visible: its dense mask)
         A = softmax(scores, axis=−1)
         out = A v                               (B, H, T, Dv)
     """
     kpm, scale = _attention_args(q, k, v, causal, key_padding_mask, scale, n_prefix,
-                                 "scaled_dot_product_attention_reference")
+                                 "scaled_dot_product_attention_reference", pattern)
     B, H, T, _ = q.shape
     xp = backend.get_array_module(q.data)
     scores = mul(matmul(q, swapaxes(k, -1, -2)), scale)                     # (B, H, T, S)
-    blocked = blocked_positions(xp, q.device, B, T, k.shape[2], causal, n_prefix, kpm)
+    blocked = blocked_positions(xp, q.device, B, T, k.shape[2], causal, n_prefix, kpm, pattern, H)
     if blocked is not None:
         scores = MaskedFill.apply(scores, blocked, value=_MASK_VALUE)
     attn = softmax(scores, axis=-1)
-    if kpm is not None:  # rows with no visible key: zeros instead of a uniform average
+    if kpm is not None or pattern is not None:  # rows with no visible key: zeros instead of a uniform average
         visible = ~blocked.all(axis=-1, keepdims=True)                     # (B, 1, T, 1)
         attn = mul(attn, visible.astype(attn.dtype))
     return matmul(attn, v)                                                  # (B, H, T, Dv)

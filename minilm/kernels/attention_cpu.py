@@ -25,6 +25,33 @@ visible to query t iff
 A query row with no visible key gets o = 0, lse = −inf and contributes exactly
 zero gradient.
 
+Sparse patterns (``sparse=``, from minilm.ops.patterns.SparsePattern: Longformer's
+sliding window and global tokens, BigBird's block window, global and random
+blocks). In token positions -- key u = s − P, query t at p = t + (S − P − T) -- the
+pattern adds one more condition to the token-key clause above,
+
+    window(p, u)  or  global[p]  or  global[u]  or  u // b ∈ random[h, p // b]
+
+with window(p, u) = |u − p| ≤ w // 2, or p − w < u ≤ p when causal (kind 1, tokens),
+the same on the block numbers p // b, u // b (kind 2, BigBird), and h = bh mod n_heads.
+Its cost is that of the blocks it shows: per query tile [p0, p1) the kernel marks
+the key tiles that can hold a visible key -- those overlapping the rows' windows,
+the tiles with a global key, the random blocks of the query blocks in the tile --
+and visits only those, besides the prefix, in the forward and (query tiles outer,
+the same tiles) in the backward. Global queries see every key: the rows from the
+tile's first global query to its last visit every key tile, as a separate run of
+rows, so that a [CLS] at position 0 makes one row, not 64, visit every key tile. A visited tile
+that every row sees whole (inside the band, a global column block, a random block
+of a single query block) runs as a dense tile; the others (the band's edges, the
+causal diagonal, padding, a global row among ordinary ones) get their hidden scores
+set to −∞ element by element. Kᵀ and Vᵀ are copied tile by tile, each tile
+contiguous, since random and global tiles are read far apart (BigBird at T = 65,536:
+−19% against the (D, S) layout). With a 256-token window and 64-wide tiles a query
+tile computes 5 key tiles (320 keys per row for 257 seen): the cost is linear in T,
+at 80–90% of the dense kernel's speed per tile (benchmarks/bench_sparse_attention.py).
+The sparse kernels are separate functions, compiled on their first use (about as long
+as the dense ones); with ``sparse=None`` the dense kernels run exactly as before.
+
 What makes it fast (measured by benchmarks/bench_attention.py):
 
 * Every matrix product is one BLAS gemm on a tile, called straight from the
@@ -531,6 +558,358 @@ def _backward_kernel(q, k, v, o, lse, do, scale, causal, n_prefix, pad, pad_cum,
                                            n_prefix, n_pad)
 
 
+# ---- sparse patterns (Longformer, BigBird): visit only the key blocks the pattern marks -----
+#
+# Token positions: key u = s − n_prefix, query row t sits at p = t + offset. A pattern is
+# (kind, w, blk, is_global, rand) -- see the module docstring and minilm.ops.patterns:
+# kind 1 a window of w tokens, kind 2 of w blocks of blk (block numbers p // blk), 0 none;
+# is_global (S − P,) bool; rand (n_heads, n_blocks, r) the random key blocks of each query
+# block, −1 = none. The kernels below loop query tiles outer (the forward's order; the
+# backward too, as its key tiles differ per query tile), mark the key tiles to visit,
+# and mask inside a tile only when the tile is not wholly visible.
+
+@njit
+def _transpose_tiles_into(dst, src, bh, n_prefix):
+    """dst[t] = (key tile t of src[bh])ᵀ, each (cols, BK) and contiguous: the prefix tiles of
+    [0, n_prefix), then the token tiles of [n_prefix, S). Random and global blocks are read far
+    apart; in (cols, S) layout each of their tiles would touch one page per row."""
+    BK = dst.shape[2]
+    S, n_cols = src.shape[1], src.shape[2]
+    n_pb = (n_prefix + BK - 1) // BK
+    for t in range(dst.shape[0]):
+        k0 = t * BK if t < n_pb else n_prefix + (t - n_pb) * BK
+        k1 = min(k0 + BK, n_prefix if t < n_pb else S)
+        for d in range(n_cols):
+            for s in range(k0, k1):
+                dst[t, d, s - k0] = src[bh, s, d]
+
+
+@njit(inline="always")
+def _window_keys(p0, p1, causal, kind, w, blk):
+    """Token keys [lo, hi) that the window shows to some query of the positions [p0, p1)."""
+    if kind == 1:
+        if causal:
+            return p0 - w + 1, p1
+        return p0 - w // 2, p1 + w // 2
+    if kind == 2:
+        b0, b1 = p0 // blk, (p1 - 1) // blk
+        if causal:
+            return (b0 - w + 1) * blk, (b1 + 1) * blk
+        return (b0 - w // 2) * blk, (b1 + w // 2 + 1) * blk
+    return 0, 0
+
+
+@njit(inline="always")
+def _mark(visit, lo, hi, block_k):
+    """visit[j] = True for the key tiles j that overlap the token keys [lo, hi) (hi ≤ the tiles' end)."""
+    lo = max(lo, 0)
+    if hi > lo:
+        for j in range(lo // block_k, (hi - 1) // block_k + 1):
+            visit[j] = True
+
+
+@njit
+def _mark_tiles(visit, n_tiles, p0, p1, kend, causal, kind, w, blk, glob_cum, glob_tile, rand_h, block_k):
+    """Mark the key tiles (of the token keys [0, kend)) that queries at [p0, p1) may see."""
+    if glob_cum[p1] - glob_cum[p0] > 0:  # a global query sees every key
+        for j in range(n_tiles):
+            visit[j] = True
+        return
+    if kind != 0:
+        lo, hi = _window_keys(p0, p1, causal, kind, w, blk)
+        _mark(visit, lo, min(hi, kend), block_k)
+    for j in range(n_tiles):           # tiles holding a global key
+        if glob_tile[j]:
+            visit[j] = True
+    for qb in range(p0 // blk, (p1 - 1) // blk + 1):
+        for i in range(rand_h.shape[1]):
+            kb = rand_h[qb, i]
+            if kb >= 0:
+                _mark(visit, kb * blk, min((kb + 1) * blk, kend), block_k)
+
+
+@njit(inline="always")
+def _tile_all_visible(p0, p1, u0, u1, causal, kind, w, blk, glob_cum, rand_h, n_pad):
+    """Does every query at [p0, p1) see every token key [u0, u1)? (else the tile is masked)"""
+    if n_pad > 0 or (causal and u1 - 1 > p0):
+        return False
+    if glob_cum[p1] - glob_cum[p0] == p1 - p0 or glob_cum[u1] - glob_cum[u0] == u1 - u0:
+        return True
+    if kind != 0:  # the rows' windows move right with p: their intersection is [lo(last), hi(first))
+        lo, _ = _window_keys(p1 - 1, p1, causal, kind, w, blk)
+        _, hi = _window_keys(p0, p0 + 1, causal, kind, w, blk)
+        if lo <= u0 and u1 <= hi:
+            return True
+    qb, kb = p0 // blk, u0 // blk
+    if qb == (p1 - 1) // blk and kb == (u1 - 1) // blk:  # one query block, one key block
+        for i in range(rand_h.shape[1]):
+            if rand_h[qb, i] == kb:
+                return True
+    return False
+
+
+@njit
+def _sparse_key_tile(j, n_pb, n_prefix, block_k, visit, kend, p0, p1, causal, kind, w, blk, glob_cum, rand_h,
+                     pad_cum, b, has_pad):
+    """(tile, k0, width, seen whole) of key tile j for the queries at [p0, p1); width 0: skip it.
+    j < 0 is a prefix tile (j + n_pb of them); j ≥ 0 covers the token keys [j·block_k, …) and is
+    visited only if marked (the mark is cleared for the next query tile) and not all padding.
+    tile numbers the tiles as _transpose_tiles_into lays them out: prefix first."""
+    tile = j + n_pb
+    if j < 0:
+        k0 = tile * block_k
+        return tile, k0, min(block_k, n_prefix - k0), True
+    if not visit[j]:
+        return tile, 0, 0, True
+    visit[j] = False
+    u0, u1 = j * block_k, min((j + 1) * block_k, kend)
+    n_pad = pad_cum[b, u1] - pad_cum[b, u0] if has_pad else 0
+    if n_pad == u1 - u0:
+        return tile, 0, 0, True
+    full = _tile_all_visible(p0, p1, u0, u1, causal, kind, w, blk, glob_cum, rand_h, n_pad)
+    return tile, n_prefix + u0, u1 - u0, full
+
+
+@njit
+def _mask_pattern(s_tile, rows, width, p0, u0, causal, kind, w, blk, glob, rand_h, pad, b, has_pad, vis):
+    """Scores that the pattern, causality or padding hide → _NEG; row r is the query at p0 + r,
+    column c the token key u0 + c. vis is a (≥ width,) bool scratch row."""
+    neg = s_tile.dtype.type(_NEG)
+    for r in range(rows):
+        p = p0 + r
+        if glob[p]:
+            for c in range(width):
+                vis[c] = True
+        else:
+            for c in range(width):
+                vis[c] = glob[u0 + c]
+            if kind != 0:
+                lo, hi = _window_keys(p, p + 1, causal, kind, w, blk)
+                for c in range(max(lo - u0, 0), min(hi - u0, width)):
+                    vis[c] = True
+            qb = p // blk
+            for i in range(rand_h.shape[1]):
+                kb = rand_h[qb, i]
+                if kb >= 0:
+                    for c in range(max(kb * blk - u0, 0), min((kb + 1) * blk - u0, width)):
+                        vis[c] = True
+        if causal:
+            for c in range(max(p + 1 - u0, 0), width):
+                vis[c] = False
+        if has_pad:
+            for c in range(width):
+                if pad[b, u0 + c]:
+                    vis[c] = False
+        for c in range(width):
+            if not vis[c]:
+                s_tile[r, c] = neg
+
+
+@njit
+def _sparse_forward_tile(q, kt, v, o, bh, i0, rows, tile, k0, width, s_tile, m, l, alpha, scale, flush,
+                         masked, p0, n_prefix, causal, kind, w, blk, glob, rand_h, pad, b, has_pad, vis):
+    """_forward_tile with the pattern's mask (when ``masked``) instead of a causal limit; Kᵀ is
+    tiled (kt[tile] = K[k0 : k0 + width]ᵀ, see _transpose_tiles_into)."""
+    D, Dv = q.shape[2], v.shape[2]
+    BK = s_tile.shape[1]
+    zero, one = s_tile.dtype.type(0), s_tile.dtype.type(1)
+    _gemm(_N, _N, rows, width, D, scale, _at(q, bh, i0, D), D, _at(kt, tile, 0, BK), BK,
+          zero, s_tile.ctypes.data, BK)
+    if masked:
+        _mask_pattern(s_tile, rows, width, p0, k0 - n_prefix, causal, kind, w, blk, glob, rand_h, pad, b, has_pad, vis)
+    _online_softmax_tile(s_tile, rows, width, width, m, alpha, flush)
+    _rowsum_update(s_tile, rows, width, l, alpha)
+    _scale_rows(o, bh, i0, rows, alpha)
+    _gemm(_N, _N, rows, Dv, width, one, s_tile.ctypes.data, BK, _at(v, bh, k0, Dv), Dv, one, _at(o, bh, i0, Dv), Dv)
+
+
+@njit(inline="always")
+def _global_rows(glob, p0, rows):
+    """[ga, gb): the rows of a query tile from its first global query to its last ((rows, rows): none).
+    Those rows see every key; the others need only the tiles the pattern marks for them."""
+    ga, gb = rows, rows
+    for r in range(rows):
+        if glob[p0 + r]:
+            if ga == rows:
+                ga = r
+            gb = r + 1
+    return ga, gb
+
+
+@njit
+def _sparse_forward_rows(q, kt, v, o, bh, i0, rows, offset, s_tile, m, l, alpha, scale, flush, n_prefix, causal,
+                         kind, w, blk, glob, glob_cum, glob_tile, rand_h, pad, pad_cum, b, has_pad, visit, vis):
+    """Queries [i0, i0 + rows) against the prefix and the token key tiles the pattern marks for them."""
+    BK = s_tile.shape[1]
+    n_tok, n_pb = v.shape[1] - n_prefix, (n_prefix + BK - 1) // BK
+    p0, p1 = i0 + offset, i0 + rows + offset
+    kend = min(n_tok, p1) if causal else n_tok   # token keys any row may see
+    n_tiles = (kend + BK - 1) // BK
+    _mark_tiles(visit, n_tiles, p0, p1, kend, causal, kind, w, blk, glob_cum, glob_tile, rand_h, BK)
+    for j in range(-n_pb, n_tiles):  # j < 0: the prefix's tiles, seen whole by every query
+        tile, k0, width, full = _sparse_key_tile(j, n_pb, n_prefix, BK, visit, kend, p0, p1, causal, kind, w, blk,
+                                                 glob_cum, rand_h, pad_cum, b, has_pad)
+        if width > 0:
+            _sparse_forward_tile(q, kt, v, o, bh, i0, rows, tile, k0, width, s_tile, m, l, alpha, scale, flush, not full,
+                                 p0, n_prefix, causal, kind, w, blk, glob, rand_h, pad, b, has_pad, vis)
+
+
+@njit(parallel=True, cache=True)
+def _sparse_forward_kernel(q, k, v, scale, causal, n_prefix, pad, pad_cum, n_heads, flush,
+                           kind, w, blk, glob, glob_cum, glob_tile, rand, o, lse,
+                           kt_buf, s_buf, row_buf, visit_buf, vis_buf):
+    """_forward_kernel for a sparse pattern: per query tile (in up to three runs of rows, see
+    _global_rows), the prefix tiles and then only the token key tiles that _mark_tiles marks; a
+    tile not wholly visible is masked element by element. Extra scratch per worker: visit_buf[w]
+    (key tiles) and vis_buf[w] (BK) bool."""
+    BH, T, D = q.shape
+    S = k.shape[1]
+    BQ = FWD_BLOCK_Q
+    dt = q.dtype.type
+    scale, flush = dt(scale), dt(flush)
+    one, zero = dt(1.0), dt(0.0)
+    offset = S - n_prefix - T          # query row t is the token position t + offset
+    has_pad = pad.shape[1] > 0
+    n_workers = kt_buf.shape[0]
+    for wk in prange(n_workers):
+        kt, s_tile = kt_buf[wk], s_buf[wk]
+        m, l, alpha = row_buf[wk, 0], row_buf[wk, 1], row_buf[wk, 2]
+        visit, vis = visit_buf[wk], vis_buf[wk]
+        for bh in range(wk, BH, n_workers):
+            b = bh // n_heads
+            rand_h = rand[bh % n_heads]
+            _transpose_tiles_into(kt, k, bh, n_prefix)
+            o[bh] = zero
+            for i0 in range(0, T, BQ):
+                rows = min(BQ, T - i0)
+                m[:] = dt(_NEG)
+                l[:] = zero
+                ga, gb = _global_rows(glob, i0 + offset, rows)
+                for part in range(3):  # the rows before the first global query, from it to the last, after
+                    r0 = 0 if part == 0 else (ga if part == 1 else gb)
+                    r1 = ga if part == 0 else (gb if part == 1 else rows)
+                    if r1 > r0:
+                        _sparse_forward_rows(q, kt, v, o, bh, i0 + r0, r1 - r0, offset, s_tile, m[r0:], l[r0:],
+                                             alpha[r0:], scale, flush, n_prefix, causal, kind, w, blk, glob, glob_cum,
+                                             glob_tile, rand_h, pad, pad_cum, b, has_pad, visit, vis)
+                for r in range(rows):
+                    if l[r] > zero:
+                        alpha[r] = one / l[r]
+                        lse[bh, i0 + r] = m[r] + math.log(l[r])
+                    else:
+                        alpha[r] = zero
+                        lse[bh, i0 + r] = -np.inf
+                _scale_rows(o, bh, i0, rows, alpha)
+
+
+@njit
+def _sparse_backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, tile, k0, width, p_tile,
+                          dp_tile, scale, flush, masked, p0, n_prefix, causal, kind, w, blk, glob, rand_h, pad, b,
+                          has_pad, vis):
+    """_backward_tile with the pattern's mask (when ``masked``) instead of a causal limit; Kᵀ and
+    Vᵀ tiled as in _sparse_forward_tile."""
+    D, Dv = q.shape[2], do.shape[2]
+    BK = p_tile.shape[1]
+    zero, one = p_tile.dtype.type(0), p_tile.dtype.type(1)
+    _gemm(_N, _N, rows, width, D, scale, _at(q, bh, i0, D), D, _at(kt, tile, 0, BK), BK,
+          zero, p_tile.ctypes.data, BK)
+    if masked:
+        _mask_pattern(p_tile, rows, width, p0, k0 - n_prefix, causal, kind, w, blk, glob, rand_h, pad, b, has_pad, vis)
+    _probs_tile(p_tile, rows, width, width, lse, bh, i0, flush)
+    _gemm(_T, _N, width, Dv, rows, one, p_tile.ctypes.data, BK, _at(do, bh, i0, Dv), Dv, one, _at(dv, bh, k0, Dv), Dv)
+    _gemm(_N, _N, rows, width, Dv, one, _at(do, bh, i0, Dv), Dv, _at(vt, tile, 0, BK), BK,
+          zero, dp_tile.ctypes.data, BK)
+    _ds_tile(p_tile, dp_tile, rows, width, d_row, i0)
+    _gemm(_N, _N, rows, D, width, scale, dp_tile.ctypes.data, BK, _at(k, bh, k0, D), D, one, _at(dq, bh, i0, D), D)
+    _gemm(_T, _N, width, D, rows, scale, dp_tile.ctypes.data, BK, _at(q, bh, i0, D), D, one, _at(dk, bh, k0, D), D)
+
+
+@njit
+def _sparse_backward_rows(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, offset, p_tile, dp_tile, scale,
+                          flush, n_prefix, causal, kind, w, blk, glob, glob_cum, glob_tile, rand_h, pad, pad_cum, b,
+                          has_pad, visit, vis):
+    """The backward of queries [i0, i0 + rows) over the forward's key tiles."""
+    BK = p_tile.shape[1]
+    n_tok, n_pb = k.shape[1] - n_prefix, (n_prefix + BK - 1) // BK
+    p0, p1 = i0 + offset, i0 + rows + offset
+    kend = min(n_tok, p1) if causal else n_tok
+    n_tiles = (kend + BK - 1) // BK
+    _mark_tiles(visit, n_tiles, p0, p1, kend, causal, kind, w, blk, glob_cum, glob_tile, rand_h, BK)
+    for j in range(-n_pb, n_tiles):
+        tile, k0, width, full = _sparse_key_tile(j, n_pb, n_prefix, BK, visit, kend, p0, p1, causal, kind, w, blk,
+                                                 glob_cum, rand_h, pad_cum, b, has_pad)
+        if width > 0:
+            _sparse_backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, tile, k0, width, p_tile,
+                                  dp_tile,
+                                  scale, flush, not full, p0, n_prefix, causal, kind, w, blk, glob, rand_h, pad, b,
+                                  has_pad, vis)
+
+
+@njit(parallel=True, cache=True)
+def _sparse_backward_kernel(q, k, v, o, lse, do, scale, causal, n_prefix, pad, pad_cum, n_heads, flush,
+                            kind, w, blk, glob, glob_cum, glob_tile, rand, dq, dk, dv,
+                            kt_buf, vt_buf, p_buf, dp_buf, d_buf, visit_buf, vis_buf):
+    """_backward_kernel for a sparse pattern: the forward's tiles, in the forward's order."""
+    BH, T, D = q.shape
+    S = k.shape[1]
+    BQ = BWD_BLOCK_Q
+    dt = q.dtype.type
+    scale, flush = dt(scale), dt(flush)
+    zero = dt(0.0)
+    offset = S - n_prefix - T
+    has_pad = pad.shape[1] > 0
+    n_workers = kt_buf.shape[0]
+    for wk in prange(n_workers):
+        kt, vt = kt_buf[wk], vt_buf[wk]
+        p_tile, dp_tile = p_buf[wk], dp_buf[wk]
+        d_row = d_buf[wk]
+        visit, vis = visit_buf[wk], vis_buf[wk]
+        for bh in range(wk, BH, n_workers):
+            b = bh // n_heads
+            rand_h = rand[bh % n_heads]
+            _transpose_tiles_into(kt, k, bh, n_prefix)
+            _transpose_tiles_into(vt, v, bh, n_prefix)
+            _rowsum_product(do, o, bh, d_row)
+            dq[bh] = zero
+            dk[bh] = zero
+            dv[bh] = zero
+            for i0 in range(0, T, BQ):
+                rows = min(BQ, T - i0)
+                ga, gb = _global_rows(glob, i0 + offset, rows)
+                for part in range(3):
+                    r0 = 0 if part == 0 else (ga if part == 1 else gb)
+                    r1 = ga if part == 0 else (gb if part == 1 else rows)
+                    if r1 > r0:
+                        _sparse_backward_rows(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0 + r0, r1 - r0, offset,
+                                              p_tile, dp_tile, scale, flush, n_prefix, causal, kind, w, blk, glob,
+                                              glob_cum, glob_tile, rand_h, pad, pad_cum, b, has_pad, visit, vis)
+
+
+def _sparse_args(sparse, S_tok, n_heads, T, block_k):
+    """Check the pattern tuple (kind, w, blk, is_global, rand) and add what the kernels derive from it:
+    (kind, w, blk, glob, glob_cum, glob_tile, rand); glob_tile[j]: key tile j holds a global key."""
+    kind, w, blk, glob, rand = sparse
+    if kind not in (0, 1, 2) or w < 0 or blk < 1:
+        raise ValueError(f"attention_cpu: sparse pattern (kind, window, block) = ({kind}, {w}, {blk}): kind must be "
+                         "0 | 1 | 2, window ≥ 0, block ≥ 1")
+    if T > S_tok:
+        raise ValueError(f"attention_cpu: a sparse pattern needs T ≤ S − n_prefix (queries are token positions), "
+                         f"got T = {T}, S − n_prefix = {S_tok}")
+    glob = np.ascontiguousarray(glob, np.bool_)
+    rand = np.ascontiguousarray(rand, np.int64)
+    n_blocks = -(-S_tok // blk)
+    if glob.shape != (S_tok,):
+        raise ValueError(f"attention_cpu: sparse is_global has shape {glob.shape}, expected (S − n_prefix,) = ({S_tok},)")
+    if rand.ndim != 3 or rand.shape[:2] != (n_heads, n_blocks) or (rand.size and rand.max() >= n_blocks):
+        raise ValueError(f"attention_cpu: sparse random table has shape {rand.shape}, expected (n_heads, n_blocks, r) "
+                         f"= ({n_heads}, {n_blocks}, r) with entries < {n_blocks}")
+    glob_cum = np.zeros(S_tok + 1, np.int64)
+    np.cumsum(glob, out=glob_cum[1:])
+    edges = np.minimum(np.arange(0, S_tok + block_k, block_k), S_tok)
+    glob_tile = np.ascontiguousarray(glob_cum[edges[1:]] - glob_cum[edges[:-1]] > 0)   # (key tiles,)
+    return int(kind), int(w), int(blk), glob, glob_cum, glob_tile, rand
+
+
 # ---- public entry points ------------------------------------------------------------------
 
 def _check(q, k, v, n_prefix, key_padding, n_heads, extra=()):
@@ -577,13 +956,23 @@ def _n_workers(bh):
     return max(1, min(numba.get_num_threads(), bh))
 
 
-def _forward(q, k, v, scale, causal, n_prefix, key_padding, n_heads, flush_below):
+def _forward(q, k, v, scale, causal, n_prefix, key_padding, n_heads, flush_below, sparse=None):
     pad, pad_cum = _check(q, k, v, int(n_prefix), key_padding, int(n_heads))
     BH, T, D = q.shape
     S = k.shape[1]
     W = _n_workers(BH)
     o = np.empty((BH, T, v.shape[2]), q.dtype)
     lse = np.empty((BH, T), q.dtype)
+    if sparse is not None:
+        args = _sparse_args(sparse, S - int(n_prefix), int(n_heads), T, FWD_BLOCK_K)
+        n_tiles = -(-int(n_prefix) // FWD_BLOCK_K) + args[5].size        # prefix tiles + token tiles
+        _sparse_forward_kernel(q, k, v, float(scale), bool(causal), int(n_prefix), pad, pad_cum, int(n_heads),
+                               float(flush_below), *args, o, lse,
+                               np.empty((W, n_tiles, D, FWD_BLOCK_K), q.dtype),
+                               np.empty((W, FWD_BLOCK_Q, FWD_BLOCK_K), q.dtype),
+                               np.empty((W, 3, FWD_BLOCK_Q), q.dtype), np.zeros((W, args[5].size), np.bool_),
+                               np.empty((W, FWD_BLOCK_K), np.bool_))
+        return o, lse
     _forward_kernel(q, k, v, float(scale), bool(causal), int(n_prefix), pad, pad_cum, int(n_heads),
                     float(flush_below), o, lse,
                     np.empty((W, D, S), q.dtype), np.empty((W, FWD_BLOCK_Q, FWD_BLOCK_K), q.dtype),
@@ -591,7 +980,7 @@ def _forward(q, k, v, scale, causal, n_prefix, key_padding, n_heads, flush_below
     return o, lse
 
 
-def _backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads, flush_below):
+def _backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads, flush_below, sparse=None):
     pad, pad_cum = _check(q, k, v, int(n_prefix), key_padding, int(n_heads),
                           extra=(("o", o), ("lse", lse), ("do", do)))
     BH, T, D = q.shape
@@ -601,6 +990,17 @@ def _backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads
                          f"(BH, T, Dv) = {(BH, T, Dv)} and (BH, T)")
     W = _n_workers(BH)
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    if sparse is not None:
+        args = _sparse_args(sparse, S - int(n_prefix), int(n_heads), T, BWD_BLOCK_K)
+        n_tiles = -(-int(n_prefix) // BWD_BLOCK_K) + args[5].size
+        _sparse_backward_kernel(q, k, v, o, lse, do, float(scale), bool(causal), int(n_prefix), pad, pad_cum,
+                                int(n_heads), float(flush_below), *args, dq, dk, dv,
+                                np.empty((W, n_tiles, D, BWD_BLOCK_K), q.dtype),
+                                np.empty((W, n_tiles, Dv, BWD_BLOCK_K), q.dtype),
+                                np.empty((W, BWD_BLOCK_Q, BWD_BLOCK_K), q.dtype),
+                                np.empty((W, BWD_BLOCK_Q, BWD_BLOCK_K), q.dtype), np.empty((W, T), q.dtype),
+                                np.zeros((W, args[5].size), np.bool_), np.empty((W, BWD_BLOCK_K), np.bool_))
+        return dq, dk, dv
     _backward_kernel(q, k, v, o, lse, do, float(scale), bool(causal), int(n_prefix), pad, pad_cum, int(n_heads),
                      float(flush_below), dq, dk, dv,
                      np.empty((W, D, S), q.dtype), np.empty((W, Dv, S), q.dtype),
@@ -609,15 +1009,18 @@ def _backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads
     return dq, dk, dv
 
 
-def forward(q, k, v, scale, causal, n_prefix, key_padding, n_heads):
+def forward(q, k, v, scale, causal, n_prefix, key_padding, n_heads, sparse=None):
     """(o, lse): o (BH, T, Dv) = softmax(q kᵀ · scale, masked) v, lse (BH, T) its row log-sum-exp.
 
     q (BH, T, D), k (BH, S, D), v (BH, S, Dv): C-contiguous, all float32 or all
     float64. key_padding: None or bool/uint8 (B, S − n_prefix), True = padding.
+    sparse: None (dense) or a pattern (kind, window, block, is_global, random table)
+    as ``minilm.ops.patterns.SparsePattern.kernel_args`` makes it.
     lse has q's dtype; rows that see no key get o = 0 and lse = −inf."""
-    return _forward(q, k, v, scale, causal, n_prefix, key_padding, n_heads, FLUSH_BELOW)
+    return _forward(q, k, v, scale, causal, n_prefix, key_padding, n_heads, FLUSH_BELOW, sparse)
 
 
-def backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads):
-    """(dq, dk, dv) of the attention computed by ``forward`` (which returned o, lse), given dL/do."""
-    return _backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads, FLUSH_BELOW)
+def backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads, sparse=None):
+    """(dq, dk, dv) of the attention computed by ``forward`` (which returned o, lse), given dL/do
+    (the same ``sparse`` pattern)."""
+    return _backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads, FLUSH_BELOW, sparse)

@@ -1,7 +1,7 @@
 """Scaled dot-product attention as one fused op.
 
     S = q kᵀ · scale              (B, H, T, S)   scores
-    S[blocked] = −∞                               causal future, padding keys
+    S[blocked] = −∞                               causal future, padding keys, outside a sparse pattern
     P = softmax(S)  = exp(S − lse),  lse = log Σ_s exp(S)   (per query row)
     O = P v                        (B, H, T, Dv)
 
@@ -16,6 +16,13 @@ key blocks with an online softmax and never holds the T×S matrix.  On "cuda"
 from the array module's batched matmuls.  The readable definition, made of
 ordinary differentiable ops, is F.scaled_dot_product_attention_reference.
 
+A sparse ``pattern`` (minilm.ops.patterns.SparsePattern: sliding window, global
+tokens, random blocks -- Longformer, BigBird) blocks every key it does not show.
+The CPU kernel then visits only the key blocks the pattern marks, so the cost is
+linear in T; the composed path masks the full T×S scores with the pattern's dense
+mask (``SparsePattern.visible``), as the reference does.  The random blocks are
+drawn once in the forward and kept for the backward.
+
 float16 q, k, v are lifted to float32 at the op's door (``upcast``, reduce.py):
 the kernel and the composed path then run in float32 -- scores, the row max,
 lse and every gradient accumulate there -- and O, dq, dk, dv are rounded back
@@ -25,21 +32,35 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import backend
 from ..function import Function, device_of, get_array_module
 from .reduce import downcast, upcast
 
 _MASK_VALUE = -1e30  # finite, so that a fully masked row never produces NaN
 _causal_cache: dict = {}
+_pattern_cache: dict = {}
 
 
-def blocked_positions(xp, device, B, T, S, causal, n_prefix, key_padding_mask):
-    """Boolean (B|1, 1, T, S): True where query t may NOT attend to key s (None: nothing blocked).
+def blocked_positions(xp, device, B, T, S, causal, n_prefix, key_padding_mask, pattern=None, n_heads=1):
+    """Boolean (B|1, H|1, T, S): True where query t may NOT attend to key s (None: nothing blocked).
 
     Keys are [n_prefix prefix positions | S − n_prefix token positions].  The
     prefix is visible to every query.  With ``causal``, the T queries are the
     last T token positions, and query t sees token keys up to its own position.
+    A ``pattern`` (SparsePattern) also blocks the token keys it does not show
+    (per head when it has random blocks: the H axis is then n_heads).
     """
     blocked = None
+    if pattern is not None:
+        key = (pattern, T, S, n_prefix, bool(causal), n_heads, device)
+        blocked = _pattern_cache.get(key)
+        if blocked is None:
+            hidden = ~pattern.visible(T, S, n_prefix, causal, n_heads)       # (H|1, T, S), host
+            blocked = backend.to_device(hidden[None], device)              # (1, H|1, T, S)
+            if len(_pattern_cache) > 16:
+                _pattern_cache.clear()
+            _pattern_cache[key] = blocked
+        causal = False                                                     # the pattern's mask includes it
     S_tok = S - n_prefix
     if causal:
         key = (T, S, n_prefix, device)
@@ -63,9 +84,10 @@ def blocked_positions(xp, device, B, T, S, causal, n_prefix, key_padding_mask):
 class ScaledDotProductAttention(Function):
     """O = softmax(q kᵀ · scale, masked) v, saving only O and the row log-sum-exp (see module docstring)."""
 
-    def forward(ctx, q, k, v, causal=False, key_padding=None, scale=1.0, n_prefix=0):
+    def forward(ctx, q, k, v, causal=False, key_padding=None, scale=1.0, n_prefix=0, pattern=None):
         xp = get_array_module(q)
         ctx.causal, ctx.key_padding, ctx.scale, ctx.n_prefix = causal, key_padding, scale, n_prefix
+        ctx.pattern, ctx.sparse = pattern, None
         B, H, T, D = q.shape
         S, Dv = k.shape[2], v.shape[3]
         ctx.empty = B * H * T == 0       # no heads (a head-pruned layer) or no queries: nothing to attend
@@ -76,7 +98,9 @@ class ScaledDotProductAttention(Function):
         if xp is np:
             from ..kernels import attention_cpu as kernel
             q3, k3, v3 = (np.ascontiguousarray(a).reshape(B * H, a.shape[2], a.shape[3]) for a in (q, k, v))  # (BH, ·, ·)
-            o, lse = kernel.forward(q3, k3, v3, scale, causal, n_prefix, key_padding, H)
+            if pattern is not None:  # drawn once: the backward sees the same random blocks
+                ctx.sparse = pattern.kernel_args(T, S, n_prefix, causal, H)
+            o, lse = kernel.forward(q3, k3, v3, scale, causal, n_prefix, key_padding, H, ctx.sparse)
             ctx.save_for_backward(q3, k3, v3, o, lse)
             return downcast(o.reshape(B, H, T, Dv), dtype)
         p, lse = _probabilities(xp, q, k, ctx)                             # P (B, H, T, S), lse (B, H, T, 1)
@@ -98,7 +122,7 @@ class ScaledDotProductAttention(Function):
             q3, k3, v3, o, lse = ctx.saved
             B, H, T, Dv = do.shape
             dq, dk, dv = kernel.backward(q3, k3, v3, o, lse, np.ascontiguousarray(do).reshape(B * H, T, Dv),
-                                         ctx.scale, ctx.causal, ctx.n_prefix, ctx.key_padding, H)
+                                         ctx.scale, ctx.causal, ctx.n_prefix, ctx.key_padding, H, ctx.sparse)
             S, D = k3.shape[1], q3.shape[2]
             return dq.reshape(B, H, T, D), dk.reshape(B, H, S, D), dv.reshape(B, H, S, Dv)
         q, k, v, o, lse = ctx.saved
@@ -120,13 +144,14 @@ def _probabilities(xp, q, k, ctx, lse=None):
     B, H, T, _ = q.shape
     S = k.shape[2]
     scores = (q @ k.swapaxes(-1, -2)) * ctx.scale                          # (B, H, T, S)
-    blocked = blocked_positions(xp, device_of(q), B, T, S, ctx.causal, ctx.n_prefix, ctx.key_padding)
+    blocked = blocked_positions(xp, device_of(q), B, T, S, ctx.causal, ctx.n_prefix, ctx.key_padding,
+                                ctx.pattern, H)
     if blocked is not None:
         scores = xp.where(blocked, xp.asarray(_MASK_VALUE, dtype=scores.dtype), scores)
     if lse is None:
         m = scores.max(axis=-1, keepdims=True)
         lse = m + xp.log(xp.exp(scores - m).sum(axis=-1, keepdims=True))  # (B, H, T, 1)
     p = xp.exp(scores - lse)
-    if ctx.key_padding is not None:                                        # rows with no visible key
+    if ctx.key_padding is not None or ctx.pattern is not None:              # rows with no visible key
         p *= ~blocked.all(axis=-1, keepdims=True)
     return p, lse
