@@ -3,10 +3,11 @@
 
 GPT (causal LM, Eqs. G1–G4) and a classification head on it; BERT (encoder, G2 with
 segments), its masked-LM and classification heads, and the loader for all-MiniLM-L6-v2."""
-from .base import Model, ModelOutput, extend_positions, pool
+from .base import Model, ModelOutput, extend_positions, pool, set_attention_pattern, to_longformer
 from .bert import Bert, BertClassifier, BertConfig, BertForMaskedLM, find_minilm_l6_v2
 from .classifier import GPTClassifier
 from .gpt import GPT, GPTConfig, load_gpt2
 
-__all__ = ["Model", "ModelOutput", "extend_positions", "pool", "GPT", "GPTConfig", "load_gpt2", "GPTClassifier",
+__all__ = ["Model", "ModelOutput", "extend_positions", "set_attention_pattern", "to_longformer", "pool",
+           "GPT", "GPTConfig", "load_gpt2", "GPTClassifier",
            "Bert", "BertConfig", "BertForMaskedLM", "BertClassifier", "find_minilm_l6_v2"]

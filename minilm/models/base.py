@@ -19,6 +19,7 @@ It imports only the layers below it (tensor, functional, nn).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,11 +60,14 @@ class Model(Module):
     ``head_patterns``  a task model's head parameters (kept trainable by PEFT, its modules_to_save)
     ``position_table`` (the learned E_pos Embedding's dotted name in the body, the config field that
                        bounds the input length): what ``extend_positions`` grows
+    ``attention_path`` where a layer keeps its self-attention module (GPT's Block: "attn"), whose
+                       ``pattern`` (a sparse attention pattern or None) ``set_attention_pattern`` sets
     """
 
     body = None                 # a task model's attribute holding its body ("gpt", "bert")
     head_patterns: tuple = ()
     position_table: tuple | None = None
+    attention_path: str | None = None
 
     @property
     def base_model(self):
@@ -137,14 +141,17 @@ def real_positions(h: Tensor, attention_mask, who: str = "pool"):
 
 # ---- attention -----------------------------------------------------------------------------
 
-def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask=None, prefix_kv=None) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask=None, prefix_kv=None,
+              pattern=None) -> Tensor:
     """softmax(q kᵀ/√hs, masked) v per head, with Prefix-Tuning's keys and values (P1) in front:
 
         q, k, v (B, H, T, hs); prefix_kv = (P_k, P_v), each (B, H, m, hs), or None
         K = [P_k ; k], V = [P_v ; v]  (B, H, m + T, hs)  → (B, H, T, hs)
 
     Every query sees the m prefix positions (causal or not); key_padding_mask (B, T), True at
-    padding, never hides them.  One fused op (F.scaled_dot_product_attention) for GPT and BERT."""
+    padding, never hides them.  ``pattern``, an F.SparsePattern, limits which token keys each
+    query sees (Longformer's window and global tokens, BigBird's blocks).  One fused op
+    (F.scaled_dot_product_attention) for GPT and BERT."""
     n_prefix = 0
     if prefix_kv is not None:
         pk, pv = prefix_kv                                               # each (B, H, m, hs)
@@ -153,7 +160,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask=No
         k, v = F.concat([pk, k], axis=2), F.concat([pv, v], axis=2)     # (B, H, m + T, hs)
         n_prefix = pk.shape[2]
     return F.scaled_dot_product_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
-                                          n_prefix=n_prefix)            # (B, H, T, hs)
+                                          n_prefix=n_prefix, pattern=pattern)   # (B, H, T, hs)
 
 
 # ---- pooling: (B, T, d) → (B, d) -------------------------------------------------------------
@@ -277,3 +284,56 @@ def _submodule(module: Module, dotted: str) -> Module:
     for part in dotted.split("."):
         module = getattr(module, part)
     return module
+
+
+# ---- document-level attention (§2.1) ------------------------------------------------------------
+
+def layer_patterns(pattern: dict | None, n_layer: int) -> list:
+    """The F.SparsePattern of each layer from a config's ``attention_pattern`` dict (None: dense
+    everywhere).  Layer l draws its random blocks with seed + l, so layers differ, as in BigBird."""
+    if pattern is None:
+        return [None] * n_layer
+    base = F.SparsePattern(**pattern)
+    return [base.with_seed(base.seed + layer) for layer in range(n_layer)]
+
+
+def check_pattern(pattern, who: str) -> dict | None:
+    """A config's ``attention_pattern``: None, or a dict of F.SparsePattern's fields (checked by building it);
+    a SparsePattern is stored as its dict, so the config stays JSON."""
+    if pattern is None:
+        return None
+    if isinstance(pattern, F.SparsePattern):
+        pattern = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(pattern).items()}
+    if not isinstance(pattern, dict):
+        raise TypeError(f"{who}: attention_pattern must be None, a SparsePattern or its dict, got "
+                        f"{type(pattern).__name__}")
+    try:
+        F.SparsePattern(**pattern)
+    except TypeError as e:
+        raise ValueError(f"{who}: attention_pattern {pattern}: {e}") from None
+    return pattern
+
+
+def set_attention_pattern(model: Model, pattern) -> Model:
+    """Give every self-attention layer of ``model``'s body a sparse pattern (an F.SparsePattern,
+    its dict, or None for dense), and record it in the config so the model saves and reloads with
+    it.  With extend_positions this turns a pretrained encoder into a Longformer-style one."""
+    body = model.base_model
+    if body.attention_path is None:
+        raise TypeError(f"set_attention_pattern: {type(body).__name__} does not say where its attention is")
+    body.config.attention_pattern = check_pattern(pattern, type(body.config).__name__)
+    layers = list(body.layers())
+    for layer, p in zip(layers, layer_patterns(body.config.attention_pattern, len(layers))):
+        _submodule(layer, body.attention_path).pattern = p
+    return model
+
+
+def to_longformer(model: Model, max_positions: int = 2048, window: int = 256, global_tokens=(0,)) -> Model:
+    """Longformer's conversion of a pretrained model (Beltagy et al. 2020, §5): the position table
+    copied out to ``max_positions`` (``extend_positions``), then a sliding window of ``window``
+    tokens in every layer with ``global_tokens`` (an encoder's [CLS] at 0) seeing and seen by
+    all.  Cost per layer O(T · (window + globals)) instead of O(T²).  Up to window // 2 + 1
+    tokens every query still sees every key, so short inputs give what the dense model gave
+    (to rounding).  In place; returns ``model``."""
+    extend_positions(model, max_positions)
+    return set_attention_pattern(model, F.SparsePattern.sliding(window, global_tokens))

