@@ -220,6 +220,35 @@ def lm_evaluator(train_ids, val_ids, block_size: int, batch_size: int, eval_iter
     return evaluate
 
 
+def loss_by_position(model, blocks, read_length: int | None = None, device: str = "cpu") -> np.ndarray:
+    """The next-token loss at each position of a block, averaged over blocks (G4 per position):
+
+        ℓ_t = (1/N) Σ_n −log p(x_{n,t+1} | x_{n,≤t})          t = 0 … L − 1
+
+    ``blocks`` (N, L + 1) token ids.  The model reads each block as L / ``read_length`` pieces
+    of ``read_length`` tokens, each starting from an empty context (default: the whole block
+    at once), so a model with a shorter context is scored on the same tokens: its curve starts
+    over at every piece.  Returns (L,) float64; its mean is the loss over all L·N targets."""
+    blocks = np.asarray(blocks)
+    if blocks.ndim != 2 or blocks.shape[1] < 2 or blocks.dtype.kind not in "iu":
+        raise ValueError(f"loss_by_position: blocks must be (N, L + 1) integer token ids, got shape "
+                         f"{blocks.shape} and dtype {blocks.dtype}")
+    L = blocks.shape[1] - 1
+    T = L if read_length is None else int(read_length)
+    if T < 1 or L % T:
+        raise ValueError(f"loss_by_position: read_length {read_length} must divide the block length L = {L}")
+    total = np.zeros(L)
+    with no_grad():
+        for row in blocks:
+            x = row[:-1].reshape(L // T, T).astype(np.int64)                   # (L/T, T) pieces
+            y = row[1:].reshape(L // T, T).astype(np.int64)
+            z = backend.to_numpy(model(Tensor(backend.to_device(x, device))).logits.data).astype(np.float64)
+            z = z - z.max(-1, keepdims=True)                                    # (L/T, T, V), stable
+            logp = z - np.log(np.exp(z).sum(-1, keepdims=True))                 # log-softmax
+            total += -np.take_along_axis(logp, y[..., None], -1)[..., 0].reshape(L)   # (L,) in order
+    return total / len(blocks)
+
+
 class Trainer:
     """``Trainer(model, config, batches, loss_fn, evaluate, out_dir).fit()``: see the module docstring.
 

@@ -278,3 +278,22 @@ def test_cli_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0 and "usage: minilm" in capsys.readouterr().out
+
+
+def test_loss_by_position_averages_to_the_model_loss_and_restarts_each_piece():
+    """Its mean is the model's own G4 loss on the same tokens; read in pieces of T, position
+    t of the block gives what position t mod T gives when the piece is read on its own."""
+    from minilm.train import loss_by_position
+    gpt = tiny_gpt(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=8, dtype=np.float64).eval()
+    blocks = np.random.default_rng(0).integers(0, 11, (3, 17))                   # (N, L + 1)
+    whole = loss_by_position(gpt, blocks)
+    with minilm.no_grad():
+        loss = gpt(minilm.tensor(blocks[:, :-1]), labels=minilm.tensor(blocks[:, 1:])).loss.item()
+    assert whole.shape == (16,) and abs(whole.mean() - loss) < 1e-12
+    pieces = loss_by_position(gpt, blocks, read_length=4)
+    second = loss_by_position(gpt, blocks[:, 4:9])                               # the second piece alone
+    np.testing.assert_allclose(pieces[4:8], second, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="must divide"):
+        loss_by_position(gpt, blocks, read_length=5)
+    with pytest.raises(ValueError, match="integer token ids"):
+        loss_by_position(gpt, blocks.astype(float))
