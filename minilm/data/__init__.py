@@ -14,6 +14,8 @@ from .corpus import (Corpus, Work, cache_root, encode_corpus, load_text, normali
 from .genre import GENRE_LABELS, GenreTask, NaiveBayes, genre_task, poetry_split, split_plays
 from .pairs import PairTask, dialogue_lines, pair_task, pair_task_within_plays
 from .mlm import expected_span_length, find_phrases, mask_tokens, sample_span_lengths, word_starts
+from .denoise import (denoising_pair, document_rotation, poisson_span_lengths, sentence_permutation,
+                      text_infilling, token_deletion, token_masking)
 from .sample import load_sample
 from .shakespeare import CorpusDownloadError, clean_gutenberg, load_shakespeare
 
@@ -22,5 +24,7 @@ __all__ = ["load_shakespeare", "load_sample", "load_text", "clean_gutenberg", "n
            "CorpusDownloadError", "cache_root", "encode_corpus", "train_val_split",
            "RandomBatches", "BlockLoader",
            "mask_tokens", "word_starts", "find_phrases", "sample_span_lengths", "expected_span_length",
+           "token_masking", "token_deletion", "text_infilling", "sentence_permutation", "document_rotation",
+           "poisson_span_lengths", "denoising_pair",
            "PairTask", "pair_task", "pair_task_within_plays", "dialogue_lines",
            "GENRE_LABELS", "GenreTask", "genre_task", "split_plays", "poetry_split", "NaiveBayes"]
