@@ -285,6 +285,8 @@ def test_two_methods_round_trip(device, tmp_path):
     assert set(arrays) == expected_saved_names(trained)
     fresh = peft.load_adapter(classifier(device), tmp_path / "ad")
     np.testing.assert_array_equal(logits_of(fresh, idx), out)
+    fresh = peft.load_adapter(classifier(device), str(tmp_path / "ad"))       # a str path too
+    np.testing.assert_array_equal(logits_of(fresh, idx), out)
 
 
 def test_a_second_method_keeps_the_first_ones_train_also():

@@ -40,11 +40,17 @@ class ModelOutput:
     loss               the mean loss over the labelled positions (a scalar Tensor), with labels
     last_hidden_state  (B, T, d): the body's final states (base models such as Bert)
     hidden_states      [H⁰, H¹, …, Hᴸ] with ``output_hidden_states=True`` (distillation compares them)
+    encoder_last_hidden_state  (B, S, d): an encoder–decoder's encoder output (BART), what
+                       cross-attention reads; pass it back as ``encoder_outputs`` to skip the encoder
+    past_key_values    an encoder–decoder's decoder cache with ``use_cache=True``: per decoder layer
+                       (k_self, v_self, k_cross, v_cross), each (B, H, ·, hs)
     """
     logits: Tensor | None = None
     loss: Tensor | None = None
     last_hidden_state: Tensor | None = None
     hidden_states: list | None = None
+    encoder_last_hidden_state: Tensor | None = None
+    past_key_values: tuple | None = None
 
 
 class Model(Module):

@@ -208,6 +208,7 @@ def load_adapter(model: Module, path) -> Module:
     parameter names or shapes do not match the file's, a StateDictError lists the
     keys and the model is left as it was (the methods this call added are removed).
     """
+    path = Path(path)
     meta, arrays = read_adapter(path)
     if configs_of(model) or peft_modules(model):
         raise ValueError("load_adapter: the model already has PEFT modules; load into a fresh base model")
