@@ -17,6 +17,9 @@ from .mlm import expected_span_length, find_phrases, mask_tokens, sample_span_le
 from .denoise import (denoising_pair, document_rotation, poisson_span_lengths, sentence_permutation,
                       text_infilling, token_deletion, token_masking)
 from .sample import load_sample
+from .seq2seq import (DenoisingBatches, PunctuationTask, RuleCapitaliser, Seq2SeqBatches, Seq2SeqVocab,
+                      collate_seq2seq, copy_baseline, punctuation_task, restoration_scores, speech_documents,
+                      strip_punctuation)
 from .shakespeare import CorpusDownloadError, clean_gutenberg, load_shakespeare
 
 __all__ = ["load_shakespeare", "load_sample", "load_text", "clean_gutenberg", "normalize_whitespace",
@@ -26,5 +29,8 @@ __all__ = ["load_shakespeare", "load_sample", "load_text", "clean_gutenberg", "n
            "mask_tokens", "word_starts", "find_phrases", "sample_span_lengths", "expected_span_length",
            "token_masking", "token_deletion", "text_infilling", "sentence_permutation", "document_rotation",
            "poisson_span_lengths", "denoising_pair",
+           "Seq2SeqVocab", "speech_documents", "collate_seq2seq", "DenoisingBatches", "Seq2SeqBatches",
+           "PunctuationTask", "punctuation_task", "strip_punctuation", "restoration_scores", "copy_baseline",
+           "RuleCapitaliser",
            "PairTask", "pair_task", "pair_task_within_plays", "dialogue_lines",
            "GENRE_LABELS", "GenreTask", "genre_task", "split_plays", "poetry_split", "NaiveBayes"]
