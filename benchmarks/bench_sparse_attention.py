@@ -87,17 +87,17 @@ def computed_scores(T, pattern):
     if pattern is None:
         return T * T, T * T
     BQ, BK = attention_cpu.FWD_BLOCK_Q, attention_cpu.FWD_BLOCK_K
-    kind, w, blk, glob, glob_cum, glob_tile, rand = attention_cpu._sparse_args(
-        pattern.kernel_args(T, T, 0, False, H), T, H, T, BK)
+    kind, w, blk, glob, glob_cum, glob_idx, rand = attention_cpu._sparse_args(
+        pattern.kernel_args(T, T, 0, False, H), T, H, T)
     n_tiles = -(-T // BK)
     visit = np.zeros(n_tiles, np.bool_)
     widths = np.minimum(BK, T - np.arange(n_tiles) * BK)
     total = visible = 0
     for i0 in range(0, T, BQ):
         rows = min(BQ, T - i0)
-        attention_cpu._mark_tiles(visit, n_tiles, i0, i0 + rows, T, False, kind, w, blk, glob_cum, glob_tile,
-                                  rand[0], BK)
+        attention_cpu._mark_tiles(visit, n_tiles, i0, i0 + rows, T, False, kind, w, blk, glob_cum, rand[0], BK)
         total += rows * int(widths[visit].sum())
+        total += rows * int((~visit[glob_idx // BK]).sum())     # global keys in no marked tile: the gathered block
         visit[:] = False
         visible += int(pattern_rows(pattern, T, i0, i0 + rows).sum())
     return total, visible

@@ -23,6 +23,10 @@ CASES = [
     ("bigbird-b16", SP.bigbird(16, 3, 2, 3, seed=7), 2, 3, 130, 0, 0, [0, 40]),  # random blocks per head
     ("bigbird-b64-cache", SP.bigbird(64, 3, 1, 2, seed=3), 1, 2, 130, 70, 4, None),  # tile-sized blocks
     ("global+random-only", SP(global_tokens=(3, 66), random_blocks=2, block_size=5), 2, 2, 67, 0, 0, [0, 67]),
+    # 70 global keys: the kernel's gathered block in two chunks (64 + 6), partly inside visited tiles
+    ("gathered-globals-70", SP.sliding(16, tuple(range(70))), 1, 2, 300, 0, 2, [9]),
+    # a global query inside a tile: runs of 5 and 1 rows that take several key tiles per product
+    ("global-mid-tile", SP.sliding(24, (5, 200)), 2, 1, 260, 10, 0, [0, 30]),
 ]                                                                        # ^ batch 1 all padding: rows see nothing
 
 

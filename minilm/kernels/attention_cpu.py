@@ -36,19 +36,28 @@ with window(p, u) = |u − p| ≤ w // 2, or p − w < u ≤ p when causal (kind
 the same on the block numbers p // b, u // b (kind 2, BigBird), and h = bh mod n_heads.
 Its cost is that of the blocks it shows: per query tile [p0, p1) the kernel marks
 the key tiles that can hold a visible key -- those overlapping the rows' windows,
-the tiles with a global key, the random blocks of the query blocks in the tile --
-and visits only those, besides the prefix, in the forward and (query tiles outer,
-the same tiles) in the backward. Global queries see every key: the rows from the
-tile's first global query to its last visit every key tile, as a separate run of
-rows, so that a [CLS] at position 0 makes one row, not 64, visit every key tile. A visited tile
-that every row sees whole (inside the band, a global column block, a random block
-of a single query block) runs as a dense tile; the others (the band's edges, the
-causal diagonal, padding, a global row among ordinary ones) get their hidden scores
-set to −∞ element by element. Kᵀ and Vᵀ are copied tile by tile, each tile
-contiguous, since random and global tiles are read far apart (BigBird at T = 65,536:
-−19% against the (D, S) layout). With a 256-token window and 64-wide tiles a query
-tile computes 5 key tiles (320 keys per row for 257 seen): the cost is linear in T,
-at 80–90% of the dense kernel's speed per tile (benchmarks/bench_sparse_attention.py).
+the random blocks of the query blocks in the tile -- and visits only those, besides
+the prefix, in the forward and (query tiles outer, the same tiles) in the backward.
+Global keys cost in proportion to their number g, not to the tiles they sit in: the
+g global keys' rows of K and V are gathered once per head into a (g, D) block, and
+each query tile takes, as one more step of its online softmax, the gathered keys
+whose tile it does not visit anyway (a visited tile shows its own global keys, so
+each key counts once); its dK, dV go back to the keys' rows at the end of the head.
+A [CLS] at position 0 then costs each query tile a 64 × 1 product, where it cost a
+whole masked 64 × 64 tile (sliding w = 256 at T = 16,384: +22% → +5% over the window
+alone). Global queries see every key: the rows from the tile's first global query to
+its last visit every key tile, as a separate run of rows, so that a [CLS] at position
+0 makes one row, not 64, visit every key tile; a run of few rows takes up to
+BQ // rows consecutive key tiles per product (one [CLS] row: 64 tiles per gemm), as
+OpenBLAS spends about as long on a 1 × 64 × 64 product as on a third of a 64 × 64 × 64
+one. A visited tile that every row sees whole (inside the band, a global column
+block, a random block of a single query block) runs as a dense tile; the others (the
+band's edges, the causal diagonal, padding, a global row among ordinary ones) get
+their hidden scores set to −∞ element by element. K and V are read in place, each
+key tile 64 contiguous rows, however far apart the random tiles lie. With a 256-token
+window and 64-wide tiles a query tile computes 5 key tiles (320 keys per row for 257
+seen): the cost is linear in T, at 80–90% of the dense kernel's speed per tile
+(benchmarks/bench_sparse_attention.py).
 The sparse kernels are separate functions, compiled on their first use (about as long
 as the dense ones); with ``sparse=None`` the dense kernels run exactly as before.
 
@@ -57,12 +66,14 @@ What makes it fast (measured by benchmarks/bench_attention.py):
 * Every matrix product is one BLAS gemm on a tile, called straight from the
   jitted code: SciPy's ``cython_blas`` ?gemm, the BLAS Numba itself uses for
   ``np.dot``. No temporaries: ``beta = 1`` accumulates into O, dQ, dK, dV in
-  place, and transposes are gemm flags. Kᵀ and Vᵀ are copied once per head so
-  that the score products are (N, N) gemms too, and the tiles are 64 × 64:
-  with D ≤ 128 every product is then small enough (m·n·k ≤ 64·64·128) for
-  OpenBLAS's small-matrix kernels, which skip packing — ~100 GFLOP/s in place
-  here, where 128 × 128 tiles fall back to the packed path at ~80 — and which
-  never start BLAS threads of their own inside the parallel loop.
+  place, and transposes are gemm flags, K and V included: S = Q Kᵀ and
+  dP = dO Vᵀ read K's and V's rows in place (an (N, T) gemm, as fast here as
+  (N, N) on a transposed copy; dropping the per-head copies Kᵀ, Vᵀ made
+  forward + backward 7% faster at (8, 6, 256, 64) and no slower at T = 1024).
+  The tiles are 64 × 64: with D ≤ 128 every product is then small enough
+  (m·n·k ≤ 64·64·128) for OpenBLAS to run it on the calling thread, so it
+  never starts BLAS threads of its own inside the parallel loop (which larger
+  tiles do, 2x slower with two threads).
 * Tiles on the causal diagonal are cut into DIAG_SPLIT shorter tiles, each
   only as wide as its last row can see; key blocks nobody sees (the causal
   future, all-padding blocks) are skipped in both passes; inside a tile the
@@ -273,11 +284,13 @@ def _maxnum(typingctx, a, b):
 # first n(r) = clip(lim + r, 0, width) columns are visible: lim = width for a block
 # with no causal cut, lim < width on the causal diagonal.
 
-@njit(fastmath=_FM)
-def _online_softmax_tile(s, rows, width, lim, m, alpha, flush):
+@njit(fastmath=_FM_SUM)
+def _online_softmax_tile(s, rows, width, lim, m, l, alpha, flush):
     """One key block of the online softmax. Per row r: m' = max(m[r], max s[r, :n]),
-    alpha[r] = exp(m[r] − m'), s[r, :n] = exp(s[r, :n] − m'), s[r, n:width] = 0, m[r] = m'.
-    A row that has seen no visible key yet keeps m = _NEG, gets zeros and alpha = 1."""
+    alpha[r] = exp(m[r] − m'), s[r, :n] = exp(s[r, :n] − m'), s[r, n:width] = 0, m[r] = m',
+    l[r] = alpha[r] · l[r] + Σ_c s[r, c]. A row that has seen no visible key yet keeps m = _NEG,
+    gets zeros and alpha = 1. The row sum is taken in the exp loop (one pass over the tile);
+    "reassoc" lets that sum vectorise, while the inlined exp keeps its own flags (_FM)."""
     dt = s.dtype.type
     neg, zero, one = dt(_NEG), dt(0), dt(1)
     for r in range(rows):
@@ -290,22 +303,17 @@ def _online_softmax_tile(s, rows, width, lim, m, alpha, flush):
                 s[r, c] = zero
             alpha[r] = one
             continue
-        alpha[r] = _exp_or_zero(m[r] - m_new, flush)
+        a = _exp_or_zero(m[r] - m_new, flush)
+        acc = zero
         for c in range(n):
-            s[r, c] = _exp_or_zero(s[r, c] - m_new, flush)
+            e = _exp_or_zero(s[r, c] - m_new, flush)
+            s[r, c] = e
+            acc += e
         for c in range(n, width):
             s[r, c] = zero
+        alpha[r] = a
+        l[r] = a * l[r] + acc
         m[r] = m_new
-
-
-@njit(fastmath=_FM_SUM)
-def _rowsum_update(s, rows, width, l, alpha):
-    """l[r] = alpha[r] · l[r] + Σ_c s[r, c]."""
-    for r in range(rows):
-        acc = s.dtype.type(0)
-        for c in range(width):
-            acc += s[r, c]
-        l[r] = alpha[r] * l[r] + acc
 
 
 @njit(fastmath=_FM)
@@ -352,18 +360,6 @@ def _rowsum_product(x, y, bh, out):
         out[t] = acc
 
 
-@njit
-def _transpose_into(dst, src, bh):
-    """dst = src[bh]ᵀ, in column strips that stay in L1 (a plain loop: Numba's broadcasting
-    assignment would cost seconds of compile time)."""
-    n_rows, n_cols = src.shape[1], src.shape[2]
-    for s0 in range(0, n_rows, 16):
-        s1 = min(s0 + 16, n_rows)
-        for d in range(n_cols):
-            for s in range(s0, s1):
-                dst[d, s] = src[bh, s, d]
-
-
 # ---- visibility of a tile -----------------------------------------------------------------
 
 @njit(inline="always")
@@ -398,22 +394,21 @@ def _mask_padding(s_tile, rows, k0, k1, n_prefix, pad, b):
 # ---- forward ------------------------------------------------------------------------------
 
 @njit
-def _forward_tile(q, kt, v, o, bh, i0, rows, k0, width, lim, s_tile, m, l, alpha, scale, flush,
+def _forward_tile(q, k, v, o, bh, i0, rows, k0, width, lim, s_tile, m, l, alpha, scale, flush,
                   pad, b, n_prefix, n_pad):
     """Queries [i0, i0 + rows) × keys [k0, k0 + width): one step of the online softmax.
     m, l, alpha are the rows' running max, running sum and rescale factors."""
     if width <= 0:
         return
-    D, Dv, S = q.shape[2], v.shape[2], kt.shape[1]
+    D, Dv = q.shape[2], v.shape[2]
     BK = s_tile.shape[1]
     zero, one = s_tile.dtype.type(0), s_tile.dtype.type(1)
     # S_ij = scale · Q_i K_jᵀ                                                      (rows, width)
-    _gemm(_N, _N, rows, width, D, scale, _at(q, bh, i0, D), D, kt.ctypes.data + k0 * kt.itemsize, S,
+    _gemm(_N, _T, rows, width, D, scale, _at(q, bh, i0, D), D, _at(k, bh, k0, D), D,
           zero, s_tile.ctypes.data, BK)
     if n_pad > 0:
         _mask_padding(s_tile, rows, k0, k0 + width, n_prefix, pad, b)
-    _online_softmax_tile(s_tile, rows, width, lim, m, alpha, flush)
-    _rowsum_update(s_tile, rows, width, l, alpha)
+    _online_softmax_tile(s_tile, rows, width, lim, m, l, alpha, flush)
     _scale_rows(o, bh, i0, rows, alpha)
     # O_i = alpha ∘ O_i + P_ij V_j                                                 (rows, Dv)
     _gemm(_N, _N, rows, Dv, width, one, s_tile.ctypes.data, BK, _at(v, bh, k0, Dv), Dv, one, _at(o, bh, i0, Dv), Dv)
@@ -421,9 +416,9 @@ def _forward_tile(q, kt, v, o, bh, i0, rows, k0, width, lim, s_tile, m, l, alpha
 
 @njit(parallel=True, cache=True)
 def _forward_kernel(q, k, v, scale, causal, n_prefix, pad, pad_cum, n_heads, flush, o, lse,
-                    kt_buf, s_buf, row_buf):
-    """o, lse ← attention(q, k, v). Worker w (one per thread) owns the scratch kt_buf[w]
-    (D, S), s_buf[w] (BQ, BK), row_buf[w] (3, BQ) and the batch·heads w, w + W, w + 2W, …"""
+                    s_buf, row_buf):
+    """o, lse ← attention(q, k, v). Worker w (one per thread) owns the scratch s_buf[w]
+    (BQ, BK), row_buf[w] (3, BQ) and the batch·heads w, w + W, w + 2W, …"""
     BH, T, D = q.shape
     S = k.shape[1]
     BQ, BK = FWD_BLOCK_Q, FWD_BLOCK_K
@@ -433,14 +428,12 @@ def _forward_kernel(q, k, v, scale, causal, n_prefix, pad, pad_cum, n_heads, flu
     offset = S - n_prefix - T          # main key u (= s − n_prefix) is visible to query t iff u ≤ t + offset
     n_pb = (n_prefix + BK - 1) // BK   # key blocks of the prefix
     has_pad = pad.shape[1] > 0
-    n_workers = kt_buf.shape[0]
+    n_workers = s_buf.shape[0]
     for w in prange(n_workers):
-        kt = kt_buf[w]                  # Kᵀ: Q_i K_jᵀ becomes a plain (N, N) gemm, BLAS's fastest
         s_tile = s_buf[w]
         m, l, alpha = row_buf[w, 0], row_buf[w, 1], row_buf[w, 2]  # running max, running sum, rescale
         for bh in range(w, BH, n_workers):
             b = bh // n_heads
-            _transpose_into(kt, k, bh)
             o[bh] = zero
             for i0 in range(0, T, BQ):
                 rows = min(BQ, T - i0)
@@ -459,12 +452,12 @@ def _forward_kernel(q, k, v, scale, causal, n_prefix, pad, pad_cum, n_heads, flu
                             continue  # all padding
                     lim = _visible_lim(i0, k0, k1, prefix_block, causal, n_prefix, offset)
                     if lim >= width:
-                        _forward_tile(q, kt, v, o, bh, i0, rows, k0, width, lim, s_tile, m, l, alpha, scale, flush,
+                        _forward_tile(q, k, v, o, bh, i0, rows, k0, width, lim, s_tile, m, l, alpha, scale, flush,
                                       pad, b, n_prefix, n_pad)
                     else:  # the causal diagonal crosses the tile: DIAG_SPLIT shorter tiles, each
                         for g in range(DIAG_SPLIT):  # only as wide as its last row can see
                             r0, r1 = g * rows // DIAG_SPLIT, (g + 1) * rows // DIAG_SPLIT
-                            _forward_tile(q, kt, v, o, bh, i0 + r0, r1 - r0, k0, min(width, lim + r1 - 1), lim + r0,
+                            _forward_tile(q, k, v, o, bh, i0 + r0, r1 - r0, k0, min(width, lim + r1 - 1), lim + r0,
                                           s_tile, m[r0:], l[r0:], alpha[r0:], scale, flush, pad, b, n_prefix, n_pad)
                 for r in range(rows):  # O_i /= l, lse = m + log l
                     if l[r] > zero:
@@ -479,16 +472,16 @@ def _forward_kernel(q, k, v, scale, causal, n_prefix, pad, pad_cum, n_heads, flu
 # ---- backward -----------------------------------------------------------------------------
 
 @njit
-def _backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, k0, width, lim, p_tile, dp_tile,
+def _backward_tile(q, k, v, do, lse, d_row, dq, dk, dv, bh, i0, rows, k0, width, lim, p_tile, dp_tile,
                    scale, flush, pad, b, n_prefix, n_pad):
     """Queries [i0, i0 + rows) × keys [k0, k0 + width): the five tile products of the backward."""
     if width <= 0:
         return
-    D, Dv, S = q.shape[2], do.shape[2], kt.shape[1]
+    D, Dv = q.shape[2], do.shape[2]
     BK = p_tile.shape[1]
     zero, one = p_tile.dtype.type(0), p_tile.dtype.type(1)
     # P_ij = exp(scale · Q_i K_jᵀ − lse_i)                                             (rows, width)
-    _gemm(_N, _N, rows, width, D, scale, _at(q, bh, i0, D), D, kt.ctypes.data + k0 * kt.itemsize, S,
+    _gemm(_N, _T, rows, width, D, scale, _at(q, bh, i0, D), D, _at(k, bh, k0, D), D,
           zero, p_tile.ctypes.data, BK)
     if n_pad > 0:
         _mask_padding(p_tile, rows, k0, k0 + width, n_prefix, pad, b)
@@ -496,7 +489,7 @@ def _backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, k0, w
     # dV_j += P_ijᵀ dO_i                                                               (width, Dv)
     _gemm(_T, _N, width, Dv, rows, one, p_tile.ctypes.data, BK, _at(do, bh, i0, Dv), Dv, one, _at(dv, bh, k0, Dv), Dv)
     # dP_ij = dO_i V_jᵀ                                                                (rows, width)
-    _gemm(_N, _N, rows, width, Dv, one, _at(do, bh, i0, Dv), Dv, vt.ctypes.data + k0 * vt.itemsize, S,
+    _gemm(_N, _T, rows, width, Dv, one, _at(do, bh, i0, Dv), Dv, _at(v, bh, k0, Dv), Dv,
           zero, dp_tile.ctypes.data, BK)
     # dS_ij = P_ij ∘ (dP_ij − D_i)
     _ds_tile(p_tile, dp_tile, rows, width, d_row, i0)
@@ -508,9 +501,9 @@ def _backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, k0, w
 
 @njit(parallel=True, cache=True)
 def _backward_kernel(q, k, v, o, lse, do, scale, causal, n_prefix, pad, pad_cum, n_heads, flush, dq, dk, dv,
-                     kt_buf, vt_buf, p_buf, dp_buf, d_buf):
-    """dq, dk, dv ← the attention's vector-Jacobian product with do. Worker w owns kt_buf[w]
-    (D, S), vt_buf[w] (Dv, S), p_buf[w] and dp_buf[w] (BQ, BK), d_buf[w] (T)."""
+                     p_buf, dp_buf, d_buf):
+    """dq, dk, dv ← the attention's vector-Jacobian product with do. Worker w owns p_buf[w]
+    and dp_buf[w] (BQ, BK), d_buf[w] (T)."""
     BH, T, D = q.shape
     S = k.shape[1]
     BQ, BK = BWD_BLOCK_Q, BWD_BLOCK_K
@@ -520,15 +513,12 @@ def _backward_kernel(q, k, v, o, lse, do, scale, causal, n_prefix, pad, pad_cum,
     offset = S - n_prefix - T
     n_pb = (n_prefix + BK - 1) // BK
     has_pad = pad.shape[1] > 0
-    n_workers = kt_buf.shape[0]
+    n_workers = p_buf.shape[0]
     for w in prange(n_workers):
-        kt, vt = kt_buf[w], vt_buf[w]    # Kᵀ and Vᵀ: every tile product a fast (N, N) or (T, N) gemm
         p_tile, dp_tile = p_buf[w], dp_buf[w]
         d_row = d_buf[w]                 # D_t = rowsum(dO ∘ O)
         for bh in range(w, BH, n_workers):
             b = bh // n_heads
-            _transpose_into(kt, k, bh)
-            _transpose_into(vt, v, bh)
             _rowsum_product(do, o, bh, d_row)
             dq[bh] = zero
             dk[bh] = zero
@@ -548,12 +538,12 @@ def _backward_kernel(q, k, v, o, lse, do, scale, causal, n_prefix, pad, pad_cum,
                     rows = min(BQ, T - i0)
                     lim = _visible_lim(i0, k0, k1, prefix_block, causal, n_prefix, offset)
                     if lim >= width:
-                        _backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, k0, width, lim,
+                        _backward_tile(q, k, v, do, lse, d_row, dq, dk, dv, bh, i0, rows, k0, width, lim,
                                        p_tile, dp_tile, scale, flush, pad, b, n_prefix, n_pad)
                     else:  # on the causal diagonal: shorter tiles, as in the forward
                         for g in range(DIAG_SPLIT):
                             r0, r1 = g * rows // DIAG_SPLIT, (g + 1) * rows // DIAG_SPLIT
-                            _backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0 + r0, r1 - r0, k0,
+                            _backward_tile(q, k, v, do, lse, d_row, dq, dk, dv, bh, i0 + r0, r1 - r0, k0,
                                            min(width, lim + r1 - 1), lim + r0, p_tile, dp_tile, scale, flush, pad, b,
                                            n_prefix, n_pad)
 
@@ -566,23 +556,8 @@ def _backward_kernel(q, k, v, o, lse, do, scale, causal, n_prefix, pad, pad_cum,
 # is_global (S − P,) bool; rand (n_heads, n_blocks, r) the random key blocks of each query
 # block, −1 = none. The kernels below loop query tiles outer (the forward's order; the
 # backward too, as its key tiles differ per query tile), mark the key tiles to visit,
-# and mask inside a tile only when the tile is not wholly visible.
-
-@njit
-def _transpose_tiles_into(dst, src, bh, n_prefix):
-    """dst[t] = (key tile t of src[bh])ᵀ, each (cols, BK) and contiguous: the prefix tiles of
-    [0, n_prefix), then the token tiles of [n_prefix, S). Random and global blocks are read far
-    apart; in (cols, S) layout each of their tiles would touch one page per row."""
-    BK = dst.shape[2]
-    S, n_cols = src.shape[1], src.shape[2]
-    n_pb = (n_prefix + BK - 1) // BK
-    for t in range(dst.shape[0]):
-        k0 = t * BK if t < n_pb else n_prefix + (t - n_pb) * BK
-        k1 = min(k0 + BK, n_prefix if t < n_pb else S)
-        for d in range(n_cols):
-            for s in range(k0, k1):
-                dst[t, d, s - k0] = src[bh, s, d]
-
+# take the global keys of unvisited tiles from a gathered block, and mask inside a tile
+# only when the tile is not wholly visible.
 
 @njit(inline="always")
 def _window_keys(p0, p1, causal, kind, w, blk):
@@ -609,8 +584,10 @@ def _mark(visit, lo, hi, block_k):
 
 
 @njit
-def _mark_tiles(visit, n_tiles, p0, p1, kend, causal, kind, w, blk, glob_cum, glob_tile, rand_h, block_k):
-    """Mark the key tiles (of the token keys [0, kend)) that queries at [p0, p1) may see."""
+def _mark_tiles(visit, n_tiles, p0, p1, kend, causal, kind, w, blk, glob_cum, rand_h, block_k):
+    """Mark the key tiles (of the token keys [0, kend)) that queries at [p0, p1) may see through a
+    global query (all of them), their window or their random blocks. The global keys are not marked:
+    those in no marked tile are taken by the gathered block (_take_globals)."""
     if glob_cum[p1] - glob_cum[p0] > 0:  # a global query sees every key
         for j in range(n_tiles):
             visit[j] = True
@@ -618,14 +595,41 @@ def _mark_tiles(visit, n_tiles, p0, p1, kend, causal, kind, w, blk, glob_cum, gl
     if kind != 0:
         lo, hi = _window_keys(p0, p1, causal, kind, w, blk)
         _mark(visit, lo, min(hi, kend), block_k)
-    for j in range(n_tiles):           # tiles holding a global key
-        if glob_tile[j]:
-            visit[j] = True
     for qb in range(p0 // blk, (p1 - 1) // blk + 1):
         for i in range(rand_h.shape[1]):
             kb = rand_h[qb, i]
             if kb >= 0:
                 _mark(visit, kb * blk, min((kb + 1) * blk, kend), block_k)
+
+
+@njit
+def _take_globals(take, glob_idx, visit, kend, block_k, pad, b, has_pad):
+    """take[c] = the global key u = glob_idx[c] goes through the gathered block: u < kend, not padding,
+    and its key tile not visited (a visited tile shows its global keys itself, see _mask_pattern, so
+    each key is counted once). Returns the number taken."""
+    n = 0
+    for c in range(glob_idx.shape[0]):
+        u = glob_idx[c]
+        take[c] = u < kend and not visit[u // block_k] and not (has_pad and pad[b, u])
+        if take[c]:
+            n += 1
+    return n
+
+
+@njit
+def _gather_rows(dst, wk, src, bh, n_prefix, glob_idx):
+    """dst[wk, c] = src[bh, n_prefix + glob_idx[c]]: the global keys' rows, contiguous."""
+    for c in range(glob_idx.shape[0]):
+        for d in range(src.shape[2]):
+            dst[wk, c, d] = src[bh, n_prefix + glob_idx[c], d]
+
+
+@njit
+def _scatter_add_rows(dst, bh, src, wk, n_prefix, glob_idx):
+    """dst[bh, n_prefix + glob_idx[c]] += src[wk, c]: the gathered block's gradient back to its keys."""
+    for c in range(glob_idx.shape[0]):
+        for d in range(dst.shape[2]):
+            dst[bh, n_prefix + glob_idx[c], d] += src[wk, c, d]
 
 
 @njit(inline="always")
@@ -649,25 +653,37 @@ def _tile_all_visible(p0, p1, u0, u1, causal, kind, w, blk, glob_cum, rand_h, n_
 
 
 @njit
-def _sparse_key_tile(j, n_pb, n_prefix, block_k, visit, kend, p0, p1, causal, kind, w, blk, glob_cum, rand_h,
-                     pad_cum, b, has_pad):
-    """(tile, k0, width, seen whole) of key tile j for the queries at [p0, p1); width 0: skip it.
-    j < 0 is a prefix tile (j + n_pb of them); j ≥ 0 covers the token keys [j·block_k, …) and is
-    visited only if marked (the mark is cleared for the next query tile) and not all padding.
-    tile numbers the tiles as _transpose_tiles_into lays them out: prefix first."""
-    tile = j + n_pb
+def _sparse_key_span(j, n_pb, n_prefix, block_k, span, visit, n_tiles, kend, p0, p1, causal, kind, w, blk, glob_cum,
+                     rand_h, pad_cum, b, has_pad):
+    """(k0, width, seen whole, next j): the keys to compute next for the queries at [p0, p1), from key
+    tile j on; width 0: nothing here. j < 0 is a prefix tile (j + n_pb of them). From j ≥ 0 on, the
+    run of up to ``span`` consecutive marked token tiles starting at j (a run of few query rows takes
+    several tiles in one product, see _sparse_forward_rows), skipped if all padding; the marks are
+    cleared for the next query tile."""
     if j < 0:
-        k0 = tile * block_k
-        return tile, k0, min(block_k, n_prefix - k0), True
+        k0 = (j + n_pb) * block_k
+        return k0, min(block_k, n_prefix - k0), True, j + 1
     if not visit[j]:
-        return tile, 0, 0, True
-    visit[j] = False
-    u0, u1 = j * block_k, min((j + 1) * block_k, kend)
+        return 0, 0, True, j + 1
+    j1 = j
+    while j1 < n_tiles and j1 - j < span and visit[j1]:
+        visit[j1] = False
+        j1 += 1
+    u0, u1 = j * block_k, min(j1 * block_k, kend)
     n_pad = pad_cum[b, u1] - pad_cum[b, u0] if has_pad else 0
     if n_pad == u1 - u0:
-        return tile, 0, 0, True
+        return 0, 0, True, j1
     full = _tile_all_visible(p0, p1, u0, u1, causal, kind, w, blk, glob_cum, rand_h, n_pad)
-    return tile, n_prefix + u0, u1 - u0, full
+    return n_prefix + u0, u1 - u0, full, j1
+
+
+@njit(inline="always")
+def _wide_view(s_tile, rows):
+    """s_tile's memory as (rows, G·BK), G = max(1, BQ // rows): a run of few query rows (a global query
+    alone) computes G key tiles per product, as many scores as a full tile. OpenBLAS takes ~4 µs for a
+    1 × 64 × 64 product, a third of a 64 × 64 × 64 one; every product still has m·n·k ≤ BQ·BK·D."""
+    ld = max(1, s_tile.shape[0] // rows) * s_tile.shape[1]
+    return s_tile.reshape(s_tile.size)[: rows * ld].reshape((rows, ld))
 
 
 @njit
@@ -706,21 +722,34 @@ def _mask_pattern(s_tile, rows, width, p0, u0, causal, kind, w, blk, glob, rand_
 
 
 @njit
-def _sparse_forward_tile(q, kt, v, o, bh, i0, rows, tile, k0, width, s_tile, m, l, alpha, scale, flush,
-                         masked, p0, n_prefix, causal, kind, w, blk, glob, rand_h, pad, b, has_pad, vis):
-    """_forward_tile with the pattern's mask (when ``masked``) instead of a causal limit; Kᵀ is
-    tiled (kt[tile] = K[k0 : k0 + width]ᵀ, see _transpose_tiles_into)."""
-    D, Dv = q.shape[2], v.shape[2]
-    BK = s_tile.shape[1]
-    zero, one = s_tile.dtype.type(0), s_tile.dtype.type(1)
-    _gemm(_N, _N, rows, width, D, scale, _at(q, bh, i0, D), D, _at(kt, tile, 0, BK), BK,
-          zero, s_tile.ctypes.data, BK)
-    if masked:
-        _mask_pattern(s_tile, rows, width, p0, k0 - n_prefix, causal, kind, w, blk, glob, rand_h, pad, b, has_pad, vis)
-    _online_softmax_tile(s_tile, rows, width, width, m, alpha, flush)
-    _rowsum_update(s_tile, rows, width, l, alpha)
+def _mask_globals(s_tile, rows, width, p0, glob_idx, c0, take, causal):
+    """The gathered block's mask: column c is the global key u = glob_idx[c0 + c], hidden from every
+    row when not take[c0 + c], and from the rows at p < u when causal."""
+    neg = s_tile.dtype.type(_NEG)
+    for r in range(rows):
+        for c in range(width):
+            if not take[c0 + c] or (causal and glob_idx[c0 + c] > p0 + r):
+                s_tile[r, c] = neg
+
+
+@njit
+def _score_tile(q, bh, i0, rows, k, kbh, k0, width, scale, s_tile):
+    """s_tile[:rows, :width] = scale · Q K[k0 : k0 + width]ᵀ, Q = q[bh, i0 : i0 + rows], K = k[kbh]:
+    K's rows are read in place (the gemm's transpose flag), each key tile one contiguous block."""
+    D = q.shape[2]
+    _gemm(_N, _T, rows, width, D, scale, _at(q, bh, i0, D), D, _at(k, kbh, k0, D), D,
+          s_tile.dtype.type(0), s_tile.ctypes.data, s_tile.shape[1])
+
+
+@njit
+def _softmax_pv_tile(s_tile, rows, width, m, l, alpha, flush, v, kbh, k0, o, bh, i0):
+    """The online softmax step on a masked score tile, then O_i = alpha ∘ O_i + P V[k0 : k0 + width]
+    (V = v[kbh])."""
+    Dv = v.shape[2]
+    _online_softmax_tile(s_tile, rows, width, width, m, l, alpha, flush)
     _scale_rows(o, bh, i0, rows, alpha)
-    _gemm(_N, _N, rows, Dv, width, one, s_tile.ctypes.data, BK, _at(v, bh, k0, Dv), Dv, one, _at(o, bh, i0, Dv), Dv)
+    _gemm(_N, _N, rows, Dv, width, s_tile.dtype.type(1), s_tile.ctypes.data, s_tile.shape[1], _at(v, kbh, k0, Dv), Dv,
+          s_tile.dtype.type(1), _at(o, bh, i0, Dv), Dv)
 
 
 @njit(inline="always")
@@ -737,31 +766,45 @@ def _global_rows(glob, p0, rows):
 
 
 @njit
-def _sparse_forward_rows(q, kt, v, o, bh, i0, rows, offset, s_tile, m, l, alpha, scale, flush, n_prefix, causal,
-                         kind, w, blk, glob, glob_cum, glob_tile, rand_h, pad, pad_cum, b, has_pad, visit, vis):
-    """Queries [i0, i0 + rows) against the prefix and the token key tiles the pattern marks for them."""
+def _sparse_forward_rows(q, k, v, o, bh, i0, rows, offset, s_tile, m, l, alpha, scale, flush, n_prefix, causal,
+                         kind, w, blk, glob, glob_cum, glob_idx, rand_h, pad, pad_cum, b, has_pad, visit, vis,
+                         kg, vg, wk, take):
+    """Queries [i0, i0 + rows) against the prefix, the gathered global keys that no visited tile holds,
+    and the token key tiles the pattern marks for them."""
     BK = s_tile.shape[1]
     n_tok, n_pb = v.shape[1] - n_prefix, (n_prefix + BK - 1) // BK
     p0, p1 = i0 + offset, i0 + rows + offset
     kend = min(n_tok, p1) if causal else n_tok   # token keys any row may see
     n_tiles = (kend + BK - 1) // BK
-    _mark_tiles(visit, n_tiles, p0, p1, kend, causal, kind, w, blk, glob_cum, glob_tile, rand_h, BK)
-    for j in range(-n_pb, n_tiles):  # j < 0: the prefix's tiles, seen whole by every query
-        tile, k0, width, full = _sparse_key_tile(j, n_pb, n_prefix, BK, visit, kend, p0, p1, causal, kind, w, blk,
-                                                 glob_cum, rand_h, pad_cum, b, has_pad)
+    _mark_tiles(visit, n_tiles, p0, p1, kend, causal, kind, w, blk, glob_cum, rand_h, BK)
+    if _take_globals(take, glob_idx, visit, kend, BK, pad, b, has_pad) > 0:
+        for c0 in range(0, glob_idx.shape[0], BK):  # the gathered block, BK global keys at a time
+            width = min(BK, glob_idx.shape[0] - c0)
+            _score_tile(q, bh, i0, rows, kg, wk, c0, width, scale, s_tile)
+            _mask_globals(s_tile, rows, width, p0, glob_idx, c0, take, causal)
+            _softmax_pv_tile(s_tile, rows, width, m, l, alpha, flush, vg, wk, c0, o, bh, i0)
+    s_wide = _wide_view(s_tile, rows)
+    j = -n_pb
+    while j < n_tiles:  # j < 0: the prefix's tiles, seen whole by every query
+        k0, width, full, j = _sparse_key_span(j, n_pb, n_prefix, BK, s_wide.shape[1] // BK, visit, n_tiles, kend,
+                                              p0, p1, causal, kind, w, blk, glob_cum, rand_h, pad_cum, b, has_pad)
         if width > 0:
-            _sparse_forward_tile(q, kt, v, o, bh, i0, rows, tile, k0, width, s_tile, m, l, alpha, scale, flush, not full,
-                                 p0, n_prefix, causal, kind, w, blk, glob, rand_h, pad, b, has_pad, vis)
+            _score_tile(q, bh, i0, rows, k, bh, k0, width, scale, s_wide)
+            if not full:
+                _mask_pattern(s_wide, rows, width, p0, k0 - n_prefix, causal, kind, w, blk, glob, rand_h, pad, b,
+                              has_pad, vis)
+            _softmax_pv_tile(s_wide, rows, width, m, l, alpha, flush, v, bh, k0, o, bh, i0)
 
 
 @njit(parallel=True, cache=True)
 def _sparse_forward_kernel(q, k, v, scale, causal, n_prefix, pad, pad_cum, n_heads, flush,
-                           kind, w, blk, glob, glob_cum, glob_tile, rand, o, lse,
-                           kt_buf, s_buf, row_buf, visit_buf, vis_buf):
+                           kind, w, blk, glob, glob_cum, glob_idx, rand, o, lse,
+                           s_buf, row_buf, visit_buf, vis_buf, kg_buf, vg_buf, take_buf):
     """_forward_kernel for a sparse pattern: per query tile (in up to three runs of rows, see
-    _global_rows), the prefix tiles and then only the token key tiles that _mark_tiles marks; a
-    tile not wholly visible is masked element by element. Extra scratch per worker: visit_buf[w]
-    (key tiles) and vis_buf[w] (BK) bool."""
+    _global_rows), the prefix tiles, the gathered global keys, then only the token key tiles that
+    _mark_tiles marks; a tile not wholly visible is masked element by element. Extra scratch per
+    worker: visit_buf[w] (key tiles) and vis_buf[w] (BQ·BK) bool, kg_buf[w] (g, D) and vg_buf[w] (g, Dv)
+    the global keys' rows, take_buf[w] (g) bool."""
     BH, T, D = q.shape
     S = k.shape[1]
     BQ = FWD_BLOCK_Q
@@ -770,15 +813,17 @@ def _sparse_forward_kernel(q, k, v, scale, causal, n_prefix, pad, pad_cum, n_hea
     one, zero = dt(1.0), dt(0.0)
     offset = S - n_prefix - T          # query row t is the token position t + offset
     has_pad = pad.shape[1] > 0
-    n_workers = kt_buf.shape[0]
+    n_workers = s_buf.shape[0]
     for wk in prange(n_workers):
-        kt, s_tile = kt_buf[wk], s_buf[wk]
+        g_wk = np.int64(wk)            # the gathered block's index (prange's own index is uint64 in the parallel
+        s_tile = s_buf[wk]             # body: passed on as is, it would compile the callees twice)
         m, l, alpha = row_buf[wk, 0], row_buf[wk, 1], row_buf[wk, 2]
-        visit, vis = visit_buf[wk], vis_buf[wk]
+        visit, vis, take = visit_buf[wk], vis_buf[wk], take_buf[wk]
         for bh in range(wk, BH, n_workers):
             b = bh // n_heads
             rand_h = rand[bh % n_heads]
-            _transpose_tiles_into(kt, k, bh, n_prefix)
+            _gather_rows(kg_buf, g_wk, k, bh, n_prefix, glob_idx)
+            _gather_rows(vg_buf, g_wk, v, bh, n_prefix, glob_idx)
             o[bh] = zero
             for i0 in range(0, T, BQ):
                 rows = min(BQ, T - i0)
@@ -789,9 +834,10 @@ def _sparse_forward_kernel(q, k, v, scale, causal, n_prefix, pad, pad_cum, n_hea
                     r0 = 0 if part == 0 else (ga if part == 1 else gb)
                     r1 = ga if part == 0 else (gb if part == 1 else rows)
                     if r1 > r0:
-                        _sparse_forward_rows(q, kt, v, o, bh, i0 + r0, r1 - r0, offset, s_tile, m[r0:], l[r0:],
+                        _sparse_forward_rows(q, k, v, o, bh, i0 + r0, r1 - r0, offset, s_tile, m[r0:], l[r0:],
                                              alpha[r0:], scale, flush, n_prefix, causal, kind, w, blk, glob, glob_cum,
-                                             glob_tile, rand_h, pad, pad_cum, b, has_pad, visit, vis)
+                                             glob_idx, rand_h, pad, pad_cum, b, has_pad, visit, vis,
+                                             kg_buf, vg_buf, g_wk, take)
                 for r in range(rows):
                     if l[r] > zero:
                         alpha[r] = one / l[r]
@@ -803,53 +849,61 @@ def _sparse_forward_kernel(q, k, v, scale, causal, n_prefix, pad, pad_cum, n_hea
 
 
 @njit
-def _sparse_backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, tile, k0, width, p_tile,
-                          dp_tile, scale, flush, masked, p0, n_prefix, causal, kind, w, blk, glob, rand_h, pad, b,
-                          has_pad, vis):
-    """_backward_tile with the pattern's mask (when ``masked``) instead of a causal limit; Kᵀ and
-    Vᵀ tiled as in _sparse_forward_tile."""
+def _grad_tile(p_tile, dp_tile, rows, width, lse, d_row, flush, q, do, dq, bh, i0, k, v, dk, dv, kbh, k0, scale):
+    """The backward of one masked score tile (scores in p_tile, keys k[kbh, k0 : k0 + width]):
+    P = exp(S − lse), dV += Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − D), dQ += scale · dS K,
+    dK += scale · dSᵀ Q (dk, dv indexed like k, v: kbh, k0)."""
     D, Dv = q.shape[2], do.shape[2]
     BK = p_tile.shape[1]
     zero, one = p_tile.dtype.type(0), p_tile.dtype.type(1)
-    _gemm(_N, _N, rows, width, D, scale, _at(q, bh, i0, D), D, _at(kt, tile, 0, BK), BK,
-          zero, p_tile.ctypes.data, BK)
-    if masked:
-        _mask_pattern(p_tile, rows, width, p0, k0 - n_prefix, causal, kind, w, blk, glob, rand_h, pad, b, has_pad, vis)
     _probs_tile(p_tile, rows, width, width, lse, bh, i0, flush)
-    _gemm(_T, _N, width, Dv, rows, one, p_tile.ctypes.data, BK, _at(do, bh, i0, Dv), Dv, one, _at(dv, bh, k0, Dv), Dv)
-    _gemm(_N, _N, rows, width, Dv, one, _at(do, bh, i0, Dv), Dv, _at(vt, tile, 0, BK), BK,
+    _gemm(_T, _N, width, Dv, rows, one, p_tile.ctypes.data, BK, _at(do, bh, i0, Dv), Dv, one, _at(dv, kbh, k0, Dv), Dv)
+    _gemm(_N, _T, rows, width, Dv, one, _at(do, bh, i0, Dv), Dv, _at(v, kbh, k0, Dv), Dv,
           zero, dp_tile.ctypes.data, BK)
     _ds_tile(p_tile, dp_tile, rows, width, d_row, i0)
-    _gemm(_N, _N, rows, D, width, scale, dp_tile.ctypes.data, BK, _at(k, bh, k0, D), D, one, _at(dq, bh, i0, D), D)
-    _gemm(_T, _N, width, D, rows, scale, dp_tile.ctypes.data, BK, _at(q, bh, i0, D), D, one, _at(dk, bh, k0, D), D)
+    _gemm(_N, _N, rows, D, width, scale, dp_tile.ctypes.data, BK, _at(k, kbh, k0, D), D, one, _at(dq, bh, i0, D), D)
+    _gemm(_T, _N, width, D, rows, scale, dp_tile.ctypes.data, BK, _at(q, bh, i0, D), D, one, _at(dk, kbh, k0, D), D)
 
 
 @njit
-def _sparse_backward_rows(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, offset, p_tile, dp_tile, scale,
-                          flush, n_prefix, causal, kind, w, blk, glob, glob_cum, glob_tile, rand_h, pad, pad_cum, b,
-                          has_pad, visit, vis):
-    """The backward of queries [i0, i0 + rows) over the forward's key tiles."""
+def _sparse_backward_rows(q, k, v, do, lse, d_row, dq, dk, dv, bh, i0, rows, offset, p_tile, dp_tile, scale,
+                          flush, n_prefix, causal, kind, w, blk, glob, glob_cum, glob_idx, rand_h, pad, pad_cum, b,
+                          has_pad, visit, vis, kg, vg, dkg, dvg, wk, take):
+    """The backward of queries [i0, i0 + rows) over the forward's key tiles and gathered block."""
     BK = p_tile.shape[1]
     n_tok, n_pb = k.shape[1] - n_prefix, (n_prefix + BK - 1) // BK
     p0, p1 = i0 + offset, i0 + rows + offset
     kend = min(n_tok, p1) if causal else n_tok
     n_tiles = (kend + BK - 1) // BK
-    _mark_tiles(visit, n_tiles, p0, p1, kend, causal, kind, w, blk, glob_cum, glob_tile, rand_h, BK)
-    for j in range(-n_pb, n_tiles):
-        tile, k0, width, full = _sparse_key_tile(j, n_pb, n_prefix, BK, visit, kend, p0, p1, causal, kind, w, blk,
-                                                 glob_cum, rand_h, pad_cum, b, has_pad)
+    _mark_tiles(visit, n_tiles, p0, p1, kend, causal, kind, w, blk, glob_cum, rand_h, BK)
+    if _take_globals(take, glob_idx, visit, kend, BK, pad, b, has_pad) > 0:
+        for c0 in range(0, glob_idx.shape[0], BK):
+            width = min(BK, glob_idx.shape[0] - c0)
+            _score_tile(q, bh, i0, rows, kg, wk, c0, width, scale, p_tile)
+            _mask_globals(p_tile, rows, width, p0, glob_idx, c0, take, causal)
+            _grad_tile(p_tile, dp_tile, rows, width, lse, d_row, flush, q, do, dq, bh, i0, kg, vg, dkg, dvg, wk, c0,
+                       scale)
+    p_wide, dp_wide = _wide_view(p_tile, rows), _wide_view(dp_tile, rows)
+    j = -n_pb
+    while j < n_tiles:
+        k0, width, full, j = _sparse_key_span(j, n_pb, n_prefix, BK, p_wide.shape[1] // BK, visit, n_tiles, kend,
+                                              p0, p1, causal, kind, w, blk, glob_cum, rand_h, pad_cum, b, has_pad)
         if width > 0:
-            _sparse_backward_tile(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0, rows, tile, k0, width, p_tile,
-                                  dp_tile,
-                                  scale, flush, not full, p0, n_prefix, causal, kind, w, blk, glob, rand_h, pad, b,
-                                  has_pad, vis)
+            _score_tile(q, bh, i0, rows, k, bh, k0, width, scale, p_wide)
+            if not full:
+                _mask_pattern(p_wide, rows, width, p0, k0 - n_prefix, causal, kind, w, blk, glob, rand_h, pad, b,
+                              has_pad, vis)
+            _grad_tile(p_wide, dp_wide, rows, width, lse, d_row, flush, q, do, dq, bh, i0, k, v, dk, dv, bh, k0,
+                       scale)
 
 
 @njit(parallel=True, cache=True)
 def _sparse_backward_kernel(q, k, v, o, lse, do, scale, causal, n_prefix, pad, pad_cum, n_heads, flush,
-                            kind, w, blk, glob, glob_cum, glob_tile, rand, dq, dk, dv,
-                            kt_buf, vt_buf, p_buf, dp_buf, d_buf, visit_buf, vis_buf):
-    """_backward_kernel for a sparse pattern: the forward's tiles, in the forward's order."""
+                            kind, w, blk, glob, glob_cum, glob_idx, rand, dq, dk, dv,
+                            p_buf, dp_buf, d_buf, visit_buf, vis_buf, kg_buf, vg_buf, dkg_buf, dvg_buf, take_buf):
+    """_backward_kernel for a sparse pattern: the forward's tiles, in the forward's order; the gathered
+    block's dK, dV accumulate in dkg_buf[w] (g, D), dvg_buf[w] (g, Dv) and are added to the global keys'
+    rows at the end of each head."""
     BH, T, D = q.shape
     S = k.shape[1]
     BQ = BWD_BLOCK_Q
@@ -858,21 +912,23 @@ def _sparse_backward_kernel(q, k, v, o, lse, do, scale, causal, n_prefix, pad, p
     zero = dt(0.0)
     offset = S - n_prefix - T
     has_pad = pad.shape[1] > 0
-    n_workers = kt_buf.shape[0]
+    n_workers = p_buf.shape[0]
     for wk in prange(n_workers):
-        kt, vt = kt_buf[wk], vt_buf[wk]
+        g_wk = np.int64(wk)            # as in _sparse_forward_kernel
         p_tile, dp_tile = p_buf[wk], dp_buf[wk]
         d_row = d_buf[wk]
-        visit, vis = visit_buf[wk], vis_buf[wk]
+        visit, vis, take = visit_buf[wk], vis_buf[wk], take_buf[wk]
         for bh in range(wk, BH, n_workers):
             b = bh // n_heads
             rand_h = rand[bh % n_heads]
-            _transpose_tiles_into(kt, k, bh, n_prefix)
-            _transpose_tiles_into(vt, v, bh, n_prefix)
+            _gather_rows(kg_buf, g_wk, k, bh, n_prefix, glob_idx)
+            _gather_rows(vg_buf, g_wk, v, bh, n_prefix, glob_idx)
             _rowsum_product(do, o, bh, d_row)
             dq[bh] = zero
             dk[bh] = zero
             dv[bh] = zero
+            dkg_buf[wk] = zero
+            dvg_buf[wk] = zero
             for i0 in range(0, T, BQ):
                 rows = min(BQ, T - i0)
                 ga, gb = _global_rows(glob, i0 + offset, rows)
@@ -880,14 +936,18 @@ def _sparse_backward_kernel(q, k, v, o, lse, do, scale, causal, n_prefix, pad, p
                     r0 = 0 if part == 0 else (ga if part == 1 else gb)
                     r1 = ga if part == 0 else (gb if part == 1 else rows)
                     if r1 > r0:
-                        _sparse_backward_rows(q, k, kt, vt, do, lse, d_row, dq, dk, dv, bh, i0 + r0, r1 - r0, offset,
+                        _sparse_backward_rows(q, k, v, do, lse, d_row, dq, dk, dv, bh, i0 + r0, r1 - r0, offset,
                                               p_tile, dp_tile, scale, flush, n_prefix, causal, kind, w, blk, glob,
-                                              glob_cum, glob_tile, rand_h, pad, pad_cum, b, has_pad, visit, vis)
+                                              glob_cum, glob_idx, rand_h, pad, pad_cum, b, has_pad, visit, vis,
+                                              kg_buf, vg_buf, dkg_buf, dvg_buf, g_wk, take)
+            _scatter_add_rows(dk, bh, dkg_buf, g_wk, n_prefix, glob_idx)
+            _scatter_add_rows(dv, bh, dvg_buf, g_wk, n_prefix, glob_idx)
 
 
-def _sparse_args(sparse, S_tok, n_heads, T, block_k):
+def _sparse_args(sparse, S_tok, n_heads, T):
     """Check the pattern tuple (kind, w, blk, is_global, rand) and add what the kernels derive from it:
-    (kind, w, blk, glob, glob_cum, glob_tile, rand); glob_tile[j]: key tile j holds a global key."""
+    (kind, w, blk, glob, glob_cum, glob_idx, rand); glob_cum[u] = Σ glob[:u], glob_idx the global
+    keys' positions (g,)."""
     kind, w, blk, glob, rand = sparse
     if kind not in (0, 1, 2) or w < 0 or blk < 1:
         raise ValueError(f"attention_cpu: sparse pattern (kind, window, block) = ({kind}, {w}, {blk}): kind must be "
@@ -905,9 +965,8 @@ def _sparse_args(sparse, S_tok, n_heads, T, block_k):
                          f"= ({n_heads}, {n_blocks}, r) with entries < {n_blocks}")
     glob_cum = np.zeros(S_tok + 1, np.int64)
     np.cumsum(glob, out=glob_cum[1:])
-    edges = np.minimum(np.arange(0, S_tok + block_k, block_k), S_tok)
-    glob_tile = np.ascontiguousarray(glob_cum[edges[1:]] - glob_cum[edges[:-1]] > 0)   # (key tiles,)
-    return int(kind), int(w), int(blk), glob, glob_cum, glob_tile, rand
+    glob_idx = np.flatnonzero(glob).astype(np.int64)
+    return int(kind), int(w), int(blk), glob, glob_cum, glob_idx, rand
 
 
 # ---- public entry points ------------------------------------------------------------------
@@ -964,18 +1023,17 @@ def _forward(q, k, v, scale, causal, n_prefix, key_padding, n_heads, flush_below
     o = np.empty((BH, T, v.shape[2]), q.dtype)
     lse = np.empty((BH, T), q.dtype)
     if sparse is not None:
-        args = _sparse_args(sparse, S - int(n_prefix), int(n_heads), T, FWD_BLOCK_K)
-        n_tiles = -(-int(n_prefix) // FWD_BLOCK_K) + args[5].size        # prefix tiles + token tiles
+        args = _sparse_args(sparse, S - int(n_prefix), int(n_heads), T)
+        n_tok_tiles, g = -(-(S - int(n_prefix)) // FWD_BLOCK_K), args[5].size
         _sparse_forward_kernel(q, k, v, float(scale), bool(causal), int(n_prefix), pad, pad_cum, int(n_heads),
                                float(flush_below), *args, o, lse,
-                               np.empty((W, n_tiles, D, FWD_BLOCK_K), q.dtype),
                                np.empty((W, FWD_BLOCK_Q, FWD_BLOCK_K), q.dtype),
-                               np.empty((W, 3, FWD_BLOCK_Q), q.dtype), np.zeros((W, args[5].size), np.bool_),
-                               np.empty((W, FWD_BLOCK_K), np.bool_))
+                               np.empty((W, 3, FWD_BLOCK_Q), q.dtype), np.zeros((W, n_tok_tiles), np.bool_),
+                               np.empty((W, FWD_BLOCK_Q * FWD_BLOCK_K), np.bool_), np.empty((W, g, D), q.dtype),
+                               np.empty((W, g, v.shape[2]), q.dtype), np.empty((W, g), np.bool_))
         return o, lse
     _forward_kernel(q, k, v, float(scale), bool(causal), int(n_prefix), pad, pad_cum, int(n_heads),
-                    float(flush_below), o, lse,
-                    np.empty((W, D, S), q.dtype), np.empty((W, FWD_BLOCK_Q, FWD_BLOCK_K), q.dtype),
+                    float(flush_below), o, lse, np.empty((W, FWD_BLOCK_Q, FWD_BLOCK_K), q.dtype),
                     np.empty((W, 3, FWD_BLOCK_Q), q.dtype))
     return o, lse
 
@@ -991,19 +1049,19 @@ def _backward(q, k, v, o, lse, do, scale, causal, n_prefix, key_padding, n_heads
     W = _n_workers(BH)
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     if sparse is not None:
-        args = _sparse_args(sparse, S - int(n_prefix), int(n_heads), T, BWD_BLOCK_K)
-        n_tiles = -(-int(n_prefix) // BWD_BLOCK_K) + args[5].size
+        args = _sparse_args(sparse, S - int(n_prefix), int(n_heads), T)
+        n_tok_tiles, g = -(-(S - int(n_prefix)) // BWD_BLOCK_K), args[5].size
         _sparse_backward_kernel(q, k, v, o, lse, do, float(scale), bool(causal), int(n_prefix), pad, pad_cum,
                                 int(n_heads), float(flush_below), *args, dq, dk, dv,
-                                np.empty((W, n_tiles, D, BWD_BLOCK_K), q.dtype),
-                                np.empty((W, n_tiles, Dv, BWD_BLOCK_K), q.dtype),
                                 np.empty((W, BWD_BLOCK_Q, BWD_BLOCK_K), q.dtype),
                                 np.empty((W, BWD_BLOCK_Q, BWD_BLOCK_K), q.dtype), np.empty((W, T), q.dtype),
-                                np.zeros((W, args[5].size), np.bool_), np.empty((W, BWD_BLOCK_K), np.bool_))
+                                np.zeros((W, n_tok_tiles), np.bool_), np.empty((W, BWD_BLOCK_Q * BWD_BLOCK_K), np.bool_),
+                                np.empty((W, g, D), q.dtype), np.empty((W, g, Dv), q.dtype),
+                                np.empty((W, g, D), q.dtype), np.empty((W, g, Dv), q.dtype),
+                                np.empty((W, g), np.bool_))
         return dq, dk, dv
     _backward_kernel(q, k, v, o, lse, do, float(scale), bool(causal), int(n_prefix), pad, pad_cum, int(n_heads),
                      float(flush_below), dq, dk, dv,
-                     np.empty((W, D, S), q.dtype), np.empty((W, Dv, S), q.dtype),
                      np.empty((W, BWD_BLOCK_Q, BWD_BLOCK_K), q.dtype),
                      np.empty((W, BWD_BLOCK_Q, BWD_BLOCK_K), q.dtype), np.empty((W, T), q.dtype))
     return dq, dk, dv
