@@ -1,17 +1,21 @@
 #!/usr/bin/env python
 """Does longer context help on real text?  Char-level GPTs with dense and sparse attention, equal tokens.
 
-    python experiments/long_context.py                       # 3 patterns x 3 seeds, ~70 min of one core
+    python experiments/long_context.py                       # 4 patterns x 2 seeds, ~2 hours of one core
     python experiments/long_context.py --runs dense:0,sliding:0 &   # split the runs over processes,
     python experiments/long_context.py --runs bigbird:0 &           # then
     python experiments/long_context.py --report              # the table and the plot from what is there
     python experiments/long_context.py --quick --corpus sample      # CI-sized, no network, ~10 s
 
-Three 4-layer × 128 character GPTs (Eqs. G1–G4), trained on the genre task's
+Four 4-layer × 128 character GPTs (Eqs. G1–G4), trained on the genre task's
 train plays (``split_plays`` seed 0: no held-out play, no poem) with the same
 optimizer, schedule, steps and TOKENS per step (2,048):
 
-  dense     8 blocks of 256, full causal attention (Eq. A1, the mask of A2)
+  dense     8 blocks of 256 at 8 random places, full causal attention (Eq. A1, the mask of A2)
+  dense-contig  8 blocks of 256 cut from ONE random block of 2,048: with the same seed, exactly
+            the characters the sparse models below read in that step, so that this pair
+            differs only in what attention can see (the first dense row also draws its
+            blocks more diversely, which by itself changes how fast a model learns)
   sliding   1 block of 2,048, each query sees the 256 keys ending at it
             (Longformer's causal window, ``SparsePattern.sliding(256)``)
   bigbird   1 block of 2,048 in blocks of 64: the 3 blocks ending at the
@@ -23,7 +27,7 @@ The held-out plays (9 whole plays, never seen in training) are cut into
 non-overlapping 2,048-character blocks; every model reads the same blocks, the
 dense one as 8 pieces of 256, each starting from an empty context.  For every
 position t of the block we average the next-character loss −log p(x_{t+1} | x_≤t)
-over the blocks: the dense model's curve is a saw (context resets every 256);
+over the blocks: a dense model's curve is a saw (context resets every 256);
 a sparse model whose loss keeps falling beyond t = 256 uses context its window
 does not show directly (stacked layers reach 4 × 256 back; BigBird's globals and
 random blocks reach anywhere).  Loss in nats; bits per character = nats / ln 2.
@@ -64,6 +68,7 @@ _common.limit_loaded_threads(numba=True)
 # pattern name -> (attention_pattern of GPTConfig, block length T, batch B); T·B is the same for all
 PATTERNS = {
     "dense": (None, 256, 8),
+    "dense-contig": (None, 256, 8),     # the same 8 x 256, cut from ONE random 2,048 block (see below)
     "sliding": ({"window": 256}, 2048, 1),
     "bigbird": ({"window_blocks": 3, "global_blocks": 2, "random_blocks": 3, "block_size": 64}, 2048, 1),
 }
@@ -100,6 +105,18 @@ def load_text(corpus: str):
     return pretraining_text(c, split), c.separator.join(w.text for w in split["test"])
 
 
+class Contiguous:
+    """One block of B·T tokens cut into B rows of T: the batches a sparse model of block B·T and
+    batch 1 draws with the same seed, read by a model of context T (the paired control)."""
+
+    def __init__(self, batches, rows):
+        self.batches, self.rows = batches, rows
+
+    def __call__(self):
+        x, y = self.batches()                                                     # (1, B·T) each
+        return x.reshape(self.rows, -1), y.reshape(self.rows, -1)                 # (B, T) each
+
+
 def train_one(name: str, seed: int, cfg: dict, tok, train_ids, val_blocks, stream) -> dict:
     pattern, T, B = scaled(name, cfg["long"])
     manual_seed(seed)
@@ -109,7 +126,10 @@ def train_one(name: str, seed: int, cfg: dict, tok, train_ids, val_blocks, strea
     tc = TrainConfig(max_steps=cfg["steps"], batch_size=B, learning_rate=cfg["lr"], min_lr_ratio=0.1,
                      warmup_steps=min(100, cfg["steps"] // 4), eval_interval=0, seed=seed,
                      log_interval=max(cfg["steps"] // 20, 1))
-    trainer = Trainer(model, tc, RandomBatches(train_ids, T, B, seed=seed), stream=stream)
+    batches = RandomBatches(train_ids, T, B, seed=seed)
+    if name == "dense-contig":
+        batches = Contiguous(RandomBatches(train_ids, T * B, 1, seed=seed), B)
+    trainer = Trainer(model, tc, batches, stream=stream)
     t0 = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - t0
