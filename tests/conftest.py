@@ -4,12 +4,21 @@ Every device-aware test is parametrized over DEVICES: "cpu", "strict" (NumPy
 arrays that refuse silent host conversion, so a stray ``np.`` call in an op
 fails here as it would on a GPU) and "cuda" (skipped with the reason where CuPy
 or a GPU is missing).  MINILM_TEST_DEVICES=cuda (comma-separated) narrows it.
+Hypothesis runs derandomized (the same examples every run); HYPOTHESIS_EXPLORE=1 draws new ones.
 """
 import os
 
 import pytest
 
 from minilm import backend
+
+try:        # property tests draw the same examples on every run (a CI gate must not be a lottery);
+    from hypothesis import settings as _hypothesis_settings   # HYPOTHESIS_EXPLORE=1 explores afresh
+
+    _hypothesis_settings.register_profile("minilm", derandomize=not os.environ.get("HYPOTHESIS_EXPLORE"))
+    _hypothesis_settings.load_profile("minilm")
+except ImportError:                                            # the tests that need it skip
+    pass
 
 ALL_DEVICES = ("cpu", "strict", "cuda")
 DEVICES = tuple(d.strip() for d in os.environ.get("MINILM_TEST_DEVICES", ",".join(ALL_DEVICES)).split(",") if d.strip())

@@ -72,9 +72,7 @@ Differences from Hugging Face, none of which changes an output in eval():
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -85,7 +83,7 @@ from ..configs import check_fields, config_from_dict
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, StateDictError
 from ..nn import init
 from ..tensor import Generator, Tensor, arange, no_grad
-from .base import Model, ModelOutput, as_ids, attention, key_padding_mask, token_loss
+from .base import Model, ModelOutput, as_ids, attention, key_padding_mask, read_hf_folder, token_loss
 
 LN_EPS = 1e-5                   # PyTorch nn.LayerNorm's default, which BART's LayerNorms use
 POSITION_OFFSET = 2             # HF BartLearnedPositionalEmbedding: position i is row i + 2
@@ -581,16 +579,8 @@ class BartForConditionalGeneration(Model):
     @classmethod
     def from_pretrained(cls, path: str) -> "BartForConditionalGeneration":
         """A Hugging Face BART folder (config.json and model.safetensors) as a minilm model."""
-        from safetensors.numpy import load_file
-
-        cfg_path, weights = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
-        for p in (cfg_path, weights):
-            if not os.path.exists(p):
-                raise FileNotFoundError(f"{cls.__name__}.from_pretrained: {p} not found (expected a Hugging Face "
-                                        "BART folder with config.json and model.safetensors)")
-        with open(cfg_path, encoding="utf-8") as f:
-            config = BartConfig.from_hf(json.load(f))
-        return cls.from_hf_state_dict(config, load_file(weights))
+        config, tensors = read_hf_folder(path, BartConfig, f"{cls.__name__}.from_pretrained", "BART")
+        return cls.from_hf_state_dict(config, tensors)
 
 
 def _check_labels(labels, vocab: int, decoder_input_ids) -> np.ndarray:

