@@ -84,16 +84,24 @@ class RandomBatches:
 
     def load_state_dict(self, state: dict):
         """Continue from ``state``: the next batch is the one that would have followed it."""
-        for key in ("block_size", "batch_size"):
-            if state.get(key) != getattr(self, key):
-                raise ValueError(f"RandomBatches state was saved with {key}={state.get(key)}, this one has "
-                                 f"{key}={getattr(self, key)}; resuming would draw different batches")
-        if state["rng"].get("bit_generator") != type(self.rng.bit_generator).__name__:
-            raise ValueError(f"RandomBatches state holds a {state['rng'].get('bit_generator')} generator, "
-                             f"not {type(self.rng.bit_generator).__name__}")
-        self.rng.bit_generator.state = state["rng"]
-        self.seed = state.get("seed", self.seed)
-        self.batches_drawn = int(state.get("batches_drawn", 0))
+        restore_sampler(self, state, {"block_size": self.block_size, "batch_size": self.batch_size})
+
+
+def restore_sampler(sampler, state: dict, expected: dict):
+    """Put a seeded batch sampler (``rng``, ``seed``, ``batches_drawn``) where ``state`` left it, after
+    checking that ``state`` was saved by a sampler drawing the same things (``expected``: its fields
+    that decide what a batch holds).  Nothing changes if a check fails."""
+    who = type(sampler).__name__
+    for key, value in expected.items():
+        if state.get(key) != value:
+            raise ValueError(f"{who} state was saved with {key}={state.get(key)!r}, this one has "
+                             f"{key}={value!r}; resuming would draw different batches")
+    if state["rng"].get("bit_generator") != type(sampler.rng.bit_generator).__name__:
+        raise ValueError(f"{who} state holds a {state['rng'].get('bit_generator')} generator, "
+                         f"not {type(sampler.rng.bit_generator).__name__}")
+    sampler.rng.bit_generator.state = state["rng"]
+    sampler.seed = state.get("seed", sampler.seed)
+    sampler.batches_drawn = int(state.get("batches_drawn", 0))
 
 
 class BlockLoader:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..tokenizers.base import ids_to_numpy
+from .batches import restore_sampler
 from .corpus import Corpus, Work
 from .denoise import NOISES, denoising_pair
 from .genre import split_plays
@@ -294,17 +295,7 @@ class _Sampler:
 
     def load_state_dict(self, state: dict):
         """Continue from ``state``: the next batch is the one that would have followed it."""
-        who = type(self).__name__
-        for key in self._checked:
-            if state.get(key) != _jsonable(getattr(self, key)):
-                raise ValueError(f"{who} state was saved with {key}={state.get(key)!r}, this one has "
-                                 f"{key}={_jsonable(getattr(self, key))!r}; resuming would draw different batches")
-        if state["rng"].get("bit_generator") != type(self.rng.bit_generator).__name__:
-            raise ValueError(f"{who} state holds a {state['rng'].get('bit_generator')} generator, "
-                             f"not {type(self.rng.bit_generator).__name__}")
-        self.rng.bit_generator.state = state["rng"]
-        self.seed = state.get("seed", self.seed)
-        self.batches_drawn = int(state.get("batches_drawn", 0))
+        restore_sampler(self, state, {k: _jsonable(getattr(self, k)) for k in self._checked})
 
 
 def _jsonable(v):

@@ -579,7 +579,7 @@ class BartForConditionalGeneration(Model):
     @classmethod
     def from_pretrained(cls, path: str) -> "BartForConditionalGeneration":
         """A Hugging Face BART folder (config.json and model.safetensors) as a minilm model."""
-        config, tensors = read_hf_folder(path, BartConfig, f"{cls.__name__}.from_pretrained", "BART")
+        config, tensors = read_hf_folder(path, BartConfig.from_hf, f"{cls.__name__}.from_pretrained", "BART")
         return cls.from_hf_state_dict(config, tensors)
 
 

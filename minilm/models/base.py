@@ -147,9 +147,9 @@ def real_positions(h: Tensor, attention_mask, who: str = "pool"):
 
 # ---- Hugging Face folders ----------------------------------------------------------------------
 
-def read_hf_folder(path, config_cls, who: str, family: str):
-    """(config_cls.from_hf(config.json), the arrays of model.safetensors) of a Hugging Face folder;
-    a missing file is named, with what the folder should hold."""
+def read_hf_folder(path, config_from_hf, who: str, family: str):
+    """(config_from_hf(the dict of config.json), the arrays of model.safetensors) of a Hugging Face
+    folder; a missing file is named, with what the folder should hold."""
     import json
     import os
 
@@ -161,7 +161,7 @@ def read_hf_folder(path, config_cls, who: str, family: str):
             raise FileNotFoundError(f"{who}: {p} not found (expected a Hugging Face {family} folder "
                                     "with config.json and model.safetensors)")
     with open(cfg_path, encoding="utf-8") as f:
-        config = config_cls.from_hf(json.load(f))
+        config = config_from_hf(json.load(f))
     return config, load_file(weights)
 
 

@@ -644,7 +644,7 @@ def bert_state_from_hf(model: Bert, tensors: dict) -> dict:
 
 
 def _read_checkpoint(path: str):
-    return read_hf_folder(path, BertConfig, "Bert.from_pretrained", "BERT")
+    return read_hf_folder(path, BertConfig.from_hf, "Bert.from_pretrained", "BERT")
 
 
 def _load_into(model: Module, state: dict, path: str):

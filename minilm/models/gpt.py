@@ -25,9 +25,7 @@ None, which is the ordinary GPT (n_head heads and 4d everywhere).  The config ro
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,8 +35,8 @@ from ..configs import check_fields, config_from_dict
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
 from ..nn import init
 from ..tensor import Generator, arange
-from .base import (Model, ModelOutput, as_ids, attention, check_pattern, key_padding_mask, set_attention_pattern,
-                   token_loss)
+from .base import (Model, ModelOutput, as_ids, attention, check_pattern, key_padding_mask, read_hf_folder,
+                   set_attention_pattern, token_loss)
 
 
 @dataclass
@@ -353,15 +351,7 @@ def gpt2_state_from_hf(tensors: dict) -> dict:
 
 def load_gpt2(path: str) -> GPT:
     """A GPT holding a Hugging Face GPT-2 checkpoint: a folder with config.json and model.safetensors."""
-    from safetensors.numpy import load_file
-
-    cfg_path, weights = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
-    for p in (cfg_path, weights):
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"load_gpt2: {p} not found (expected a GPT-2 folder with config.json "
-                                    "and model.safetensors)")
-    with open(cfg_path, encoding="utf-8") as f:
-        config = gpt2_config_from_hf(json.load(f))
+    config, tensors = read_hf_folder(path, gpt2_config_from_hf, "load_gpt2", "GPT-2")
     model = GPT(config, generator=Generator(0))
-    model.load_state_dict(gpt2_state_from_hf(load_file(weights)), cast=True)  # a float16 export casts up
+    model.load_state_dict(gpt2_state_from_hf(tensors), cast=True)  # a float16 export casts up
     return model
