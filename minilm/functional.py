@@ -28,7 +28,7 @@ import numpy as np
 
 from . import backend
 from .tensor import Tensor, default_generator  # defined before tensor.py imports this module
-from .ops.elementwise import GELU, Add, Div, Exp, Log, Mul, Neg, Pow, ReLU, Sigmoid, Sqrt, Sub, Tanh
+from .ops.elementwise import GELU, Abs, Add, Div, Exp, Log, Mul, Neg, Pow, ReLU, Sigmoid, Sqrt, Sub, Tanh
 from .ops.attention import _MASK_VALUE, ScaledDotProductAttention, blocked_positions
 from .ops.patterns import SparsePattern  # F.SparsePattern: the value attention's pattern= takes (not an op)
 from .ops.matmul import Linear, MatMul
@@ -39,7 +39,7 @@ from .ops.shape import (AsType, BroadcastTo, Concat, GetItem, MaskedFill, Permut
 
 __all__ = [
     "add", "sub", "mul", "div", "pow", "neg",
-    "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "gelu",
+    "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs", "gelu",
     "softmax", "log_softmax", "logsumexp",
     "sum", "mean", "max", "var",
     "matmul", "linear",
@@ -208,6 +208,11 @@ def sigmoid(x):
 
 def relu(x):
     return ReLU.apply(x)
+
+
+def abs(x):
+    """|x|, elementwise; its gradient at x = 0 is 0 (PyTorch's choice)."""
+    return Abs.apply(x)
 
 
 def gelu(x, approximate: str = "none"):

@@ -419,6 +419,7 @@ Tensor.__truediv__, Tensor.__rtruediv__ = _binary(F.div), _binary(F.div, True)
 Tensor.__matmul__, Tensor.__rmatmul__ = _binary(F.matmul), _binary(F.matmul, True)
 Tensor.__pow__, Tensor.__rpow__ = _binary(F.pow), _binary(F.pow, True)
 Tensor.__neg__ = lambda self: F.neg(self)
+Tensor.__abs__ = lambda self: F.abs(self)
 Tensor.__getitem__ = lambda self, index: F.getitem(self, index)
 
 
@@ -445,7 +446,7 @@ def _bool(self):
 Tensor.__bool__ = _bool
 
 # Methods that mirror the functional API, so x.sum(axis=1) reads like NumPy.
-for _name in ("sum", "mean", "max", "var", "exp", "log", "sqrt", "tanh", "sigmoid", "relu",
+for _name in ("sum", "mean", "max", "var", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs",
               "softmax", "log_softmax", "logsumexp", "swapaxes", "broadcast_to", "masked_fill"):
     setattr(Tensor, _name, getattr(F, _name))
 Tensor.reshape = lambda self, *shape: F.reshape(self, _shape(shape))

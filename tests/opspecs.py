@@ -434,6 +434,7 @@ SPECS = [
     unary("tanh"),
     unary("sigmoid"),
     unary("relu", values=off_kink),
+    unary("abs", values=off_kink),
     Spec("gelu_exact", "gelu", _draw_plain, lambda x: F.gelu(x), lambda x: tF().gelu(x)),
     Spec("gelu_tanh", "gelu", _draw_plain, lambda x: F.gelu(x, approximate="tanh"),
          lambda x: tF().gelu(x, approximate="tanh")),

@@ -9,8 +9,15 @@ from .base import Model, ModelOutput, extend_positions, pool, set_attention_patt
 from .bert import Bert, BertClassifier, BertConfig, BertForMaskedLM, find_minilm_l6_v2
 from .classifier import GPTClassifier
 from .gpt import GPT, GPTConfig, load_gpt2
+from .knowledge import (EntityTable, ErnieDEAHead, ErnieEncoder, ErnieFusionLayer, KnowBertEncoder,
+                        KnowledgeAttentionRecontextualization, KnowledgeClassifier, align_to_first_token,
+                        dea_noise, entity_slots)
+from .transe import TransE, TransEConfig, CorruptedTripleBatches, link_metrics, rank_triples, transe_loss
 
 __all__ = ["Model", "ModelOutput", "extend_positions", "set_attention_pattern", "to_longformer", "pool",
            "GPT", "GPTConfig", "load_gpt2", "GPTClassifier",
            "Bert", "BertConfig", "BertForMaskedLM", "BertClassifier", "find_minilm_l6_v2",
-           "Bart", "BartConfig", "BartForConditionalGeneration", "generate_seq2seq", "shift_tokens_right"]
+           "Bart", "BartConfig", "BartForConditionalGeneration", "generate_seq2seq", "shift_tokens_right",
+           "ErnieFusionLayer", "ErnieDEAHead", "ErnieEncoder", "KnowledgeAttentionRecontextualization",
+           "KnowBertEncoder", "KnowledgeClassifier", "EntityTable", "align_to_first_token", "entity_slots", "dea_noise",
+           "TransE", "TransEConfig", "CorruptedTripleBatches", "link_metrics", "rank_triples", "transe_loss"]

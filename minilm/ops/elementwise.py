@@ -197,6 +197,18 @@ class ReLU(Function):
         return (g * (y > 0),)
 
 
+class Abs(Function):
+    """y = |x|           ∂L/∂x = g ⊙ sign(x)   (sign(0) = 0: the subgradient 0 at the kink, as PyTorch)"""
+
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return get_array_module(x).abs(x)
+
+    def backward(ctx, g):
+        (x,) = ctx.saved
+        return (g * get_array_module(x).sign(x),)
+
+
 def erf(x):
     """The error function, elementwise, on any device: erf(x) = 2/√π ∫₀ˣ exp(−t²) dt.
 
