@@ -206,11 +206,13 @@ ABOVE = {
     "minilm.nn": ("minilm.models",) + METHODS + TOP + ("minilm.optim", "minilm.checkpoint"),
     "minilm.optim": ("minilm.models",) + METHODS + TOP + ("minilm.checkpoint",),
     "minilm.checkpoint": ("minilm.models",) + METHODS + TOP,
-    "minilm.models": METHODS + TOP + ("minilm.optim", "minilm.checkpoint", "minilm.data", "minilm.tokenizers"),
+    "minilm.models": METHODS + TOP + ("minilm.optim", "minilm.checkpoint", "minilm.data", "minilm.tokenizers",
+                      "minilm.interpret"),
     "minilm.peft": TOP + ("minilm.distill", "minilm.prune"),
     "minilm.distill": TOP + ("minilm.peft", "minilm.prune"),
     "minilm.prune": TOP + ("minilm.peft", "minilm.distill"),
     "minilm.train": ("minilm.finetune", "minilm.pretrain", "minilm.cli", "minilm.models") + METHODS,
+    "minilm.interpret": TOP + METHODS + ("minilm.optim", "minilm.checkpoint"),   # reads models, trains nothing
 }
 
 

@@ -22,6 +22,17 @@ neurons), whose zero-width matrices add only c_proj's bias.  Both default to
 None, which is the ordinary GPT (n_head heads and 4d everywhere).  The config round-trips through ``to_dict``/``from_dict``
 (JSON lists), so a checkpoint of a pruned model reloads into
 ``GPT(GPTConfig.from_dict(ckpt.config))``.
+
+Attention-only models (Olsson et al. 2022, "In-context Learning and Induction Heads").
+``GPTConfig(mlp=False)`` builds blocks with no MLP sub-layer and no ln_2:
+
+    Block: H + Attn(LN(H))                              (G3 with one residual branch)
+
+so every path from the input to the logits goes through embeddings, attention heads and
+the tied head only, the model :mod:`minilm.interpret` takes apart.  The state dict has no
+``mlp.*`` or ``ln_2.*`` keys; every other name, PEFT method (but adapters in the MLP slot,
+Houlsby's and Pfeiffer's placements: there is no MLP to adapt), checkpointing and generation
+work as for the ordinary GPT.  ``to_dict`` writes ``mlp`` only when it is False.
 """
 from __future__ import annotations
 
@@ -53,6 +64,7 @@ class GPTConfig:
     layer_heads: list | None = None   # structured pruning: heads kept per layer (each of size n_embd // n_head)
     layer_mlp: list | None = None     # structured pruning: MLP hidden width per layer (default 4·n_embd)
     attention_pattern: dict | None = None   # F.SparsePattern's fields (window, global_tokens, …); None: dense
+    mlp: bool = True              # False: attention-only blocks, no MLP sub-layer and no ln_2 (Olsson et al. 2022)
 
     def __post_init__(self):
         self.attention_pattern = check_pattern(self.attention_pattern, "GPTConfig")
@@ -75,6 +87,8 @@ class GPTConfig:
                 limit = f"between 0 and n_head={most}" if most is not None else "non-negative"
                 raise ValueError(f"GPTConfig: {name} entries must be {limit}, got {value}")
             setattr(self, name, [int(v) for v in value])   # a list, as JSON gives it back
+        if not self.mlp and self.layer_mlp is not None:
+            raise ValueError(f"GPTConfig: layer_mlp={self.layer_mlp} sets MLP widths, but mlp=False has no MLP")
 
     @property
     def head_size(self) -> int:
@@ -95,11 +109,14 @@ class GPTConfig:
 
     def to_dict(self):
         """The fields as a JSON-able dict; layer_heads / layer_mlp / attention_pattern only when set,
-        so a dense unpruned config gives the same dict (and the same cache keys) as before they existed."""
+        and mlp only when False, so a dense unpruned config with MLPs gives the same dict (and the
+        same cache keys) as before they existed."""
         d = asdict(self)
         for name in ("layer_heads", "layer_mlp", "attention_pattern"):
             if d[name] is None:
                 del d[name]
+        if d["mlp"]:
+            del d["mlp"]
         return d
 
     @classmethod
@@ -184,6 +201,9 @@ class Block(Module):
     ``adapter_mlp`` on the two sub-layers' outputs, inside the residual
     (Houlsby; Pfeiffer uses only the second), and ``adapter_output`` on the
     block's output, as §3.2 of the course describes.
+
+    With ``config.mlp = False`` the block is attention-only, H + Attn(LN(H)): ``ln_2`` and
+    ``mlp`` are None, and an adapter put in the ``adapter_mlp`` slot is refused at the first call.
     """
 
     def __init__(self, config: GPTConfig, generator=None, layer: int = 0):
@@ -191,8 +211,11 @@ class Block(Module):
         self.adapter_width = config.n_embd                # d: what an adapter in a slot maps (d → r → d)
         self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.attn = CausalSelfAttention(config, generator, n_head=config.heads(layer))
-        self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
-        self.mlp = MLP(config, generator, hidden=config.mlp_width(layer))
+        if config.mlp:
+            self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+            self.mlp = MLP(config, generator, hidden=config.mlp_width(layer))
+        else:
+            self.ln_2 = self.mlp = None                   # attention-only: no MLP sub-layer, no parameters for it
         self.adapter_attn = self.adapter_mlp = self.adapter_output = None
 
     def forward(self, x, prefix_kv=None, key_padding_mask=None):
@@ -200,10 +223,14 @@ class Block(Module):
         if self.adapter_attn is not None:
             a = self.adapter_attn(a)                      # Houlsby: A1–A2 on the attention output
         x = x + a
-        m = self.mlp(self.ln_2(x))
-        if self.adapter_mlp is not None:
-            m = self.adapter_mlp(m)                       # Houlsby / Pfeiffer: A1–A2 on the MLP output
-        x = x + m
+        if self.mlp is not None:
+            m = self.mlp(self.ln_2(x))
+            if self.adapter_mlp is not None:
+                m = self.adapter_mlp(m)                   # Houlsby / Pfeiffer: A1–A2 on the MLP output
+            x = x + m
+        elif self.adapter_mlp is not None:
+            raise ValueError("Block: an adapter sits in the adapter_mlp slot, but this attention-only block "
+                             "(GPTConfig.mlp=False) has no MLP to adapt; use the 'output' placement")
         if self.adapter_output is not None:
             x = self.adapter_output(x)                    # §3.2: Hˡ_output = Hˡ + Hˡ_adapter (A2)
         return x
@@ -321,6 +348,8 @@ class GPT(Model):
             pruned += f", heads per layer={c.layer_heads}"
         if c.layer_mlp is not None:
             pruned += f", MLP widths={c.layer_mlp}"
+        if not c.mlp:
+            pruned += ", attention-only"
         return (f"vocab={c.vocab_size}, block={c.block_size}, layers={c.n_layer}, heads={c.n_head}, "
                 f"d={c.n_embd}{pruned}")
 
